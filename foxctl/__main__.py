@@ -1,0 +1,3 @@
+from foxctl.cli import main
+
+main()

@@ -1,0 +1,360 @@
+"""The ``foxctl`` command: the composition root that wires web, workers and shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from shared.errors import FoxctlError
+from shared.settings import Settings, SettingsError, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUEUE_CHOICES = ("turns", "embeddings", "maintenance")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"foxctl: error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def one_line_errors(function: F) -> F:
+    """Print expected failures as one line on stderr and exit 1."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (SettingsError, FoxctlError) as error:
+            fail(str(error))
+        except httpx.HTTPError as error:
+            fail(f"request to the foxctl API failed: {error}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from_env() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        fail(str(error), code=2)
+        raise
+
+
+@click.group()
+@click.version_option(package_name="foxctl")
+def main() -> None:
+    """Run and operate the foxctl agent control plane."""
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default FOXCTL_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (default PORT, 8080).")
+@click.option(
+    "--threads",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Worker threads for turns in this process.",
+)
+@one_line_errors
+def up(host: str | None, port: int | None, threads: int) -> None:
+    """Run web, worker and reconciler in one process on embedded defaults.
+
+    Uses SQLite under FOXCTL_STORAGE_ROOT and an in-process broker. Authentication is off
+    unless FOXCTL_AUTH is set, so the server binds to loopback only.
+    """
+    from foxctl.up import run_up
+
+    run_up(
+        settings_from_env(),
+        host=host,
+        port=port,
+        threads=threads,
+        auth_explicit="FOXCTL_AUTH" in os.environ,
+    )
+
+
+@main.group()
+def web() -> None:
+    """Web tier commands."""
+
+
+@web.command("serve")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="gunicorn worker processes (default WEB_CONCURRENCY, 2).",
+)
+@one_line_errors
+def web_serve(workers: int | None) -> None:
+    """Serve the API with gunicorn and uvicorn workers (replaces this process)."""
+    settings = settings_from_env()
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--workers",
+        str(workers or settings.web_concurrency),
+        "--bind",
+        f"{settings.host}:{settings.port}",
+        # The graceful timeout bounds how long in-flight requests may finish after
+        # SIGTERM; Kubernetes' terminationGracePeriodSeconds must exceed it.
+        "--graceful-timeout",
+        str(settings.web_graceful_timeout_s),
+        "--timeout",
+        "60",
+        "--keep-alive",
+        "75",
+        "--access-logfile",
+        "-" if settings.log_level == "debug" else "/dev/null",
+        "web.asgi:create()",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option(
+    "--queues",
+    "-Q",
+    multiple=True,
+    type=click.Choice(QUEUE_CHOICES),
+    help="Queues to consume; repeat for several (default: all).",
+)
+@click.option("--processes", "-p", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--threads", "-t", type=int, default=8, show_default=True, help="Threads per worker process."
+)
+@one_line_errors
+def worker(queues: tuple[str, ...], processes: int, threads: int) -> None:
+    """Run Dramatiq workers on the given queues (replaces this process)."""
+    settings = settings_from_env()
+    if settings.broker_url.startswith("memory://"):
+        fail(
+            "FOXCTL_BROKER_URL is memory:// (in-process); a separate worker needs "
+            "redis://HOST:6379/0, or run everything in one process with `foxctl up`"
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.main",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--worker-shutdown-timeout",
+        str(settings.worker_shutdown_timeout_s * 1000),
+        "--skip-logging",
+    ]
+    if queues:
+        argv += ["--queues", *queues]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@one_line_errors
+def migrate() -> None:
+    """Apply database migrations under a lock; safe to run from several pods at once."""
+    from shared.db import make_engine
+    from shared.logging import configure_logging
+    from shared.migrate import current_revision, upgrade
+
+    settings = settings_from_env()
+    configure_logging(settings, process="release")
+    engine = make_engine(settings)
+    try:
+        upgrade(engine)
+    except Exception as error:
+        fail(f"migration failed: {error}")
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@main.command()
+@click.option("--ready", is_flag=True, help="Check readiness instead of liveness.")
+@one_line_errors
+def health(ready: bool) -> None:
+    """Probe the local process; exit 0 when healthy (for exec probes)."""
+    from foxctl.probes import probe_local
+
+    ok, detail = probe_local(settings_from_env(), ready=ready)
+    click.echo(detail, err=not ok)
+    raise SystemExit(0 if ok else 1)
+
+
+@main.command()
+@click.option(
+    "--timeout",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Seconds to wait for in-flight requests.",
+)
+@one_line_errors
+def drain(timeout: float) -> None:
+    """Make the local web processes not-ready and wait for in-flight requests (preStop)."""
+    from foxctl.probes import drain_local
+
+    remaining = drain_local(settings_from_env(), timeout_s=timeout)
+    if remaining < 0:
+        fail(f"web processes did not report draining within {timeout} s")
+    if remaining:
+        fail(f"{remaining} request(s) still in flight after {timeout} s")
+    click.echo("drained")
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+@main.group()
+def tokens() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@tokens.command("create")
+@click.option("--name", required=True, help="A label for the token, such as its owner.")
+@one_line_errors
+def tokens_create(name: str) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from shared.auth.service import create_token
+
+    with _database().write() as db:
+        row, token = create_token(db, name)
+    click.echo(token)
+    click.echo(f"created token {row.id} ({name}); it is shown only now", err=True)
+
+
+@tokens.command("list")
+@one_line_errors
+def tokens_list() -> None:
+    """List tokens (never their values)."""
+    from shared.auth.service import list_tokens
+
+    with _database().read() as db:
+        rows = list_tokens(db)
+    for row in rows:
+        state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+        click.echo(f"{row.id}\t{row.name}\t{row.created_at:%Y-%m-%d %H:%M}\t{state}")
+
+
+@tokens.command("revoke")
+@click.argument("token")
+@one_line_errors
+def tokens_revoke(token: str) -> None:
+    """Revoke a token by id or name."""
+    from shared.auth.service import revoke_token
+
+    with _database().write() as db:
+        row = revoke_token(db, token)
+    click.echo(f"revoked {row.id} ({row.name})")
+
+
+# -- agents and messages -----------------------------------------------------------------
+
+
+@main.group()
+def agents() -> None:
+    """Create and list agents."""
+
+
+@agents.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["overseer", "researcher", "coder", "planner", "reviewer"]),
+)
+@click.option("--prompt", default="", help="System prompt.")
+@click.option("--model", default=None, help="Model name (default FOXCTL_LLM_MODEL).")
+@click.option("--tool-profile", default="default", show_default=True)
+@click.option("--max-iterations", type=click.IntRange(1, 100), default=8, show_default=True)
+@one_line_errors
+def agents_create(
+    name: str, role: str, prompt: str, model: str | None, tool_profile: str, max_iterations: int
+) -> None:
+    """Create an agent and print its id."""
+    from pydantic import ValidationError
+
+    from shared.agents.models import AgentCreate
+    from shared.agents.service import create_agent
+
+    try:
+        spec = AgentCreate.model_validate(
+            {
+                "name": name,
+                "role": role,
+                "system_prompt": prompt,
+                "model": model,
+                "tool_profile": tool_profile,
+                "max_iterations": max_iterations,
+            },
+            strict=False,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        fail(f"invalid --{first['loc'][0]}: {first['msg']}")
+        raise
+    with _database().write() as db:
+        agent = create_agent(db, spec)
+    click.echo(agent.id)
+
+
+@agents.command("list")
+@one_line_errors
+def agents_list() -> None:
+    """List agents."""
+    from shared.agents.service import list_agents
+
+    with _database().read() as db:
+        rows = list_agents(db, limit=500)
+    for agent in rows:
+        click.echo(f"{agent.id}\t{agent.name}\t{agent.role}\t{agent.model or '-'}")
+
+
+@main.command()
+@click.argument("session")
+@click.argument("text")
+@click.option("--wait", is_flag=True, help="Wait for the turn and print the reply.")
+@click.option(
+    "--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait with --wait."
+)
+@one_line_errors
+def send(session: str, text: str, wait: bool, timeout: float) -> None:
+    """Post TEXT to SESSION through the API; print the turn id, or the reply with --wait."""
+    from foxctl.client import ApiClient
+
+    client = ApiClient.from_settings(settings_from_env())
+    accepted = client.post_message(session, text)
+    if not wait:
+        click.echo(accepted["turn_id"])
+        return
+    turn = client.wait_for_turn(accepted["turn_id"], timeout_s=timeout)
+    if turn["status"] != "succeeded":
+        fail(f"turn {turn['id']} ended {turn['status']}: {turn.get('error') or 'no reply'}")
+    click.echo(client.reply_text(session, turn))
+
+
+def _database() -> Any:
+    from shared.db import Database, make_engine
+    from shared.migrate import is_migrated
+
+    settings = settings_from_env()
+    database = Database(make_engine(settings))
+    if not is_migrated(database.engine):
+        fail("the database schema is not current; run `foxctl migrate` first")
+    return database
+
+
+__all__ = ["main"]

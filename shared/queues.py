@@ -1,0 +1,51 @@
+"""The contract between the web tier and the workers: queues, actor names, arguments.
+
+The web tier enqueues by name through ``Enqueuer`` and never imports worker code, so
+web pods load no model or embedding code. Messages carry ids only: the database holds
+the payloads, and a lost message is recovered from the database by the reconciler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dramatiq
+from dramatiq.broker import Broker
+
+TURNS = "turns"
+EMBEDDINGS = "embeddings"
+MAINTENANCE = "maintenance"
+ALL_QUEUES = (TURNS, EMBEDDINGS, MAINTENANCE)
+
+
+@dataclass(frozen=True)
+class ActorRef:
+    queue: str
+    name: str
+
+
+#: Wake a worker to run a session's queued turns. Argument: the session id.
+RUN_SESSION = ActorRef(TURNS, "run_session")
+
+
+class Enqueuer:
+    """Send id-only messages to actors by name."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        for queue in ALL_QUEUES:
+            broker.declare_queue(queue)
+
+    def send(self, actor: ActorRef, *args: str, delay_ms: int | None = None) -> str:
+        """Enqueue a message for ``actor``; return the message id.
+
+        Raises the broker's connection error when the broker is unreachable.
+        """
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=actor.queue, actor_name=actor.name, args=args, kwargs={}, options={}
+        )
+        sent = self._broker.enqueue(message, delay=delay_ms)
+        return sent.message_id
+
+    def wake_session(self, session_id: str) -> str:
+        return self.send(RUN_SESSION, session_id)

@@ -1,0 +1,15 @@
+"""Every table's metadata in one place, for Alembic and readiness checks."""
+
+from __future__ import annotations
+
+from sqlmodel import SQLModel
+
+from shared.agents import models as _agents
+from shared.auth import models as _auth
+from shared.events import models as _events
+from shared.sessions import models as _sessions
+from shared.turns import models as _turns
+
+metadata = SQLModel.metadata
+
+__all__ = ["_agents", "_auth", "_events", "_sessions", "_turns", "metadata"]

@@ -1,0 +1,186 @@
+"""One typed settings object, read once from the environment.
+
+Nothing else in foxctl reads ``os.environ``. Every field names its variable, its default
+and its unit; an invalid value stops the process with one line that names the variable,
+the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DbDriver = Literal["sqlite", "postgres"]
+BusyPolicy = Literal["enqueue", "reject", "interrupt"]
+
+#: Keys from the reference deployment that still work, with the key that replaces them.
+LEGACY_KEYS = {
+    "FOXCTL_CAS_BACKEND": "FOXCTL_CAS_DRIVER",
+    "FOXCTL_CAS_BUCKET": "FOXCTL_CAS_S3_BUCKET",
+}
+
+
+class SettingsError(Exception):
+    """Raised when the environment holds a value foxctl cannot use."""
+
+
+class Settings(BaseSettings):
+    """Process configuration from ``FOXCTL_*`` and a few standard variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FOXCTL_",
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # Storage.
+    db_driver: DbDriver = "sqlite"
+    postgres_dsn: SecretStr | None = None
+    postgres_max_conns: int = Field(default=10, ge=1, le=1000)
+    # PgBouncer in transaction mode (before 1.21) cannot keep server-side prepared
+    # statements, so this turns psycopg's automatic preparing off.
+    postgres_pgbouncer: bool = False
+    storage_root: Path = Path.home() / ".local" / "share" / "foxctl"
+    run_dir: Path = Path("/tmp/foxctl")  # noqa: S108 - per-pod scratch; k8s mounts an emptyDir at /tmp.
+    workspace: Path = Path(".")
+
+    # Broker. ``memory://`` is the in-process broker used by ``foxctl up``.
+    broker_url: str = "memory://"
+
+    # Web tier.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+    web_concurrency: int = Field(
+        default=2, ge=1, le=64, validation_alias=AliasChoices("WEB_CONCURRENCY")
+    )
+    auth: Literal["on", "off"] = "on"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    token_cache_s: float = Field(default=10.0, ge=0)
+    web_graceful_timeout_s: int = Field(default=25, ge=1)
+
+    # Turns.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    turn_max_retries: int = Field(default=3, ge=0, le=20)
+    turn_time_limit_s: int = Field(default=900, ge=1)
+    worker_shutdown_timeout_s: int = Field(default=25, ge=1)
+    default_busy_policy: BusyPolicy = "enqueue"
+
+    # Model provider (the agent-runtime work adds more providers).
+    llm_provider: Literal["openai_compat"] = "openai_compat"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+
+    # Command line: where `foxctl send` finds the API, and the token it sends.
+    api_url: str | None = None
+    api_token: SecretStr | None = None
+
+    # Logging.
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("db_driver", mode="before")
+    @classmethod
+    def _reject_legacy_driver(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "turso":
+            raise ValueError(
+                "'turso' is a legacy driver that foxctl no longer supports; set "
+                "FOXCTL_DB_DRIVER=postgres with FOXCTL_POSTGRES_DSN, or sqlite for one host"
+            )
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_scheme(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory://, redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.storage_root / "foxctl.db"
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL for the configured driver, with the secret DSN inlined."""
+        if self.db_driver == "sqlite":
+            return f"sqlite:///{self.sqlite_path}"
+        if self.postgres_dsn is None:
+            raise SettingsError(
+                "FOXCTL_POSTGRES_DSN is missing: FOXCTL_DB_DRIVER=postgres needs a DSN such as "
+                "postgresql://user@host:5432/foxctl"
+            )
+        dsn = self.postgres_dsn.get_secret_value()
+        for prefix in ("postgresql://", "postgres://"):
+            if dsn.startswith(prefix):
+                return "postgresql+psycopg://" + dsn[len(prefix) :]
+        return dsn
+
+    @property
+    def lease_heartbeat_s(self) -> float:
+        # Three beats per lease: one lost beat (a GC pause, a slow commit) keeps the lease.
+        return self.lease_ttl_s / 3
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    variable = _variable_name(field)
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    return f"invalid {variable}={value!r}: {message}"
+
+
+def _variable_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    return f"FOXCTL_{field.upper()}"
+
+
+def _apply_legacy_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    values = dict(environ)
+    for old, new in LEGACY_KEYS.items():
+        if old not in values:
+            continue
+        log.warning("%s is deprecated; use %s instead", old, new)
+        values.setdefault(new, values[old])
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``environ`` (default: the process environment).
+
+    Raises SettingsError with one line naming the variable, its value and the fix.
+    """
+    source = _apply_legacy_keys(os.environ if environ is None else environ)
+    known = {k: v for k, v in source.items() if k.upper().startswith("FOXCTL_")}
+    for name in ("PORT", "WEB_CONCURRENCY"):
+        if name in source:
+            known[name] = source[name]
+    try:
+        return Settings.model_validate({**_lowercase_keys(known), **overrides})
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _lowercase_keys(values: Mapping[str, str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in values.items():
+        if key in ("PORT", "WEB_CONCURRENCY"):
+            result[key] = value
+            continue
+        result[key[len("FOXCTL_") :].lower()] = value
+    return result

@@ -1,0 +1,105 @@
+"""Build the Falcon ASGI app from settings and backing clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+import structlog
+from dramatiq.broker import Broker
+
+from shared.broker import make_broker
+from shared.db import Database, make_engine
+from shared.queues import Enqueuer
+from shared.settings import Settings
+from web import errors
+from web.context import WebContext
+from web.drain import DrainState
+from web.middleware import BearerAuth, BodyLimit, RequestContext
+from web.resources.agents import AgentResource, AgentsResource
+from web.resources.events import EventsResource
+from web.resources.health import HealthResource, ReadyResource
+from web.resources.openapi import OpenApiResource
+from web.resources.sessions import SessionMessagesResource, SessionResource, SessionsResource
+from web.resources.turns import TurnCancelResource, TurnResource
+from web.routes import ROUTES, openapi_document
+
+log = structlog.get_logger(__name__)
+
+
+class Lifespan:
+    """Start and stop per-process background work with the ASGI lifespan."""
+
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        self._ctx.start()
+        log.info(
+            "web process started",
+            auth=self._ctx.settings.auth,
+            db_driver=self._ctx.settings.db_driver,
+        )
+
+    async def process_shutdown(self, scope: Any, event: Any) -> None:
+        await self._ctx.stop()
+        log.info("web process stopped")
+
+
+def build_context(
+    settings: Settings, *, db: Database | None = None, broker: Broker | None = None
+) -> WebContext:
+    db = db or Database(make_engine(settings))
+    broker = broker or make_broker(settings)
+    # One thread per pooled connection: more threads would only queue on the pool.
+    io_threads = settings.postgres_max_conns if settings.db_driver == "postgres" else 8
+    return WebContext(
+        settings=settings,
+        db=db,
+        broker=broker,
+        enqueuer=Enqueuer(broker),
+        drain=DrainState(settings.run_dir),
+        io_threads=io_threads,
+    )
+
+
+def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
+    middleware: list[Any] = [
+        Lifespan(ctx),
+        RequestContext(ctx),
+        BodyLimit(ctx.settings.max_body_bytes),
+    ]
+    if ctx.settings.auth == "on":
+        middleware.append(BearerAuth(ctx))
+    else:
+        log.warning(
+            "authentication is OFF (FOXCTL_AUTH=off): anyone who can reach this "
+            "port can use the API"
+        )
+
+    app = falcon.asgi.App(middleware=middleware)
+    errors.install(app)
+    resources = _resources(ctx)
+    for route in ROUTES:
+        app.add_route(route.path, resources[route.resource])
+    return app
+
+
+def _resources(ctx: WebContext) -> dict[str, object]:
+    return {
+        "health": HealthResource(),
+        "ready": ReadyResource(ctx),
+        "openapi": OpenApiResource(openapi_document()),
+        "agents": AgentsResource(ctx),
+        "agent": AgentResource(ctx),
+        "sessions": SessionsResource(ctx),
+        "session": SessionResource(ctx),
+        "session_messages": SessionMessagesResource(ctx),
+        "turn": TurnResource(ctx),
+        "turn_cancel": TurnCancelResource(ctx),
+        "events": EventsResource(ctx),
+    }
+
+
+__all__ = ["build_context", "create_app"]

@@ -1,0 +1,20 @@
+"""ASGI entry point: ``gunicorn -k uvicorn_worker.UvicornWorker 'web.asgi:create()'``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon.asgi
+
+from shared.logging import configure_logging
+from shared.settings import SettingsError, load_settings
+from web.app import build_context, create_app
+
+
+def create() -> falcon.asgi.App[Any, Any]:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        raise SystemExit(f"foxctl web: {error}") from None
+    configure_logging(settings, process="web")
+    return create_app(build_context(settings))

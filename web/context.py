@@ -1,0 +1,52 @@
+"""What every resource needs: settings, database, enqueuer and a thread pool.
+
+Database and broker clients are synchronous, so every call to them runs in the pool;
+the event loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from dramatiq.broker import Broker
+
+from shared.db import Database
+from shared.queues import Enqueuer
+from shared.settings import Settings
+from web.drain import DrainState
+
+T = TypeVar("T")
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    db: Database
+    broker: Broker
+    enqueuer: Enqueuer
+    drain: DrainState
+    io_threads: int = 8
+    executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the thread pool and the drain watcher; called on ASGI startup."""
+        self.executor = ThreadPoolExecutor(self.io_threads, thread_name_prefix="web-io")
+        self.drain.start()
+
+    async def stop(self) -> None:
+        await self.drain.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        self.db.dispose()
+
+    async def run(self, function: Callable[[], T]) -> T:
+        """Run blocking ``function`` in the pool and await its result."""
+        if self.executor is None:
+            raise RuntimeError("web context not started; the ASGI lifespan starts it")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function)

@@ -1,0 +1,78 @@
+"""Draining: report not-ready, refuse new turns, and let in-flight requests finish.
+
+``foxctl drain`` (a preStop hook) creates ``<run_dir>/draining``. Every web worker
+process notices the file within ``poll_s`` seconds. Each rewrites
+``<run_dir>/inflight-<pid>`` on every poll with its state (serving or draining) and its
+count of in-flight requests, so ``foxctl drain`` can wait until every process drains
+and reaches zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+DRAIN_FILE = "draining"
+
+
+def drain_file(run_dir: Path) -> Path:
+    return run_dir / DRAIN_FILE
+
+
+def inflight_file(run_dir: Path, pid: int) -> Path:
+    return run_dir / f"inflight-{pid}"
+
+
+class DrainState:
+    def __init__(self, run_dir: Path, *, poll_s: float = 0.25) -> None:
+        self.run_dir = run_dir
+        self.poll_s = poll_s
+        self.draining = False
+        self.in_flight = 0
+        self._task: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._started_at = time.time()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(FileNotFoundError):
+            inflight_file(self.run_dir, os.getpid()).unlink()
+
+    def begin(self, reason: str) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining started", reason=reason)
+
+    def _drain_requested(self, marker: Path) -> bool:
+        # A file older than this process is left from before a container restart (an
+        # emptyDir outlives its container), not a request to drain this process.
+        try:
+            return marker.stat().st_mtime >= self._started_at
+        except FileNotFoundError:
+            return False
+
+    async def _watch(self) -> None:
+        marker = drain_file(self.run_dir)
+        report = inflight_file(self.run_dir, os.getpid())
+        while True:
+            if not self.draining and self._drain_requested(marker):
+                self.begin("drain file present")
+            # Written on every poll so that `foxctl drain` can tell when each process
+            # has seen the drain file and how many requests it still serves.
+            state = "draining" if self.draining else "serving"
+            report.write_text(f"{state} {self.in_flight}")
+            await asyncio.sleep(self.poll_s)

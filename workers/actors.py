@@ -1,0 +1,30 @@
+"""Dramatiq actors. Each takes ids only and is safe to run more than once."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from shared.queues import RUN_SESSION
+from workers import runtime
+
+_settings = runtime.settings()
+
+
+@dramatiq.actor(
+    queue_name=RUN_SESSION.queue,
+    actor_name=RUN_SESSION.name,
+    # Turn failures (model errors, cancels) are recorded on the turn and do not raise.
+    # What raises is infrastructure (database down), so a few retries with a short
+    # backoff cover a failover; the reconciler re-enqueues anything beyond that.
+    max_retries=_settings.turn_max_retries,
+    min_backoff=1_000,
+    max_backoff=30_000,
+    time_limit=(_settings.turn_time_limit_s + 60) * 1_000,
+)
+def run_session(session_id: str) -> None:
+    """Run the session's next queued turn under its lease.
+
+    Idempotent: a redelivered message finds the turn finished (or the lease held) and
+    does nothing, and fenced writes keep an expired holder from replying twice.
+    """
+    runtime.current().runner.run_session(session_id)

@@ -1,0 +1,62 @@
+"""Create the broker from settings and wire worker lifecycle hooks.
+
+Imported before any actor module, because Dramatiq binds actors to the global broker
+at import time.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+import structlog
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware
+from dramatiq.worker import Worker
+
+from shared.broker import make_broker
+from shared.logging import configure_logging
+from shared.queues import ALL_QUEUES, TURNS
+from workers import runtime
+
+log = structlog.get_logger(__name__)
+
+
+class RuntimeMiddleware(Middleware):
+    """Build per-process state after fork; stop taking turns at shutdown."""
+
+    def after_process_boot(self, broker: Broker) -> None:
+        runtime.start_process(broker)
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        queues = worker.consumer_whitelist
+        if queues is None or TURNS in queues:
+            runtime.current().reconciler.start()
+        runtime.current().heartbeat.start()
+        log.info("worker started", queues=sorted(queues or ALL_QUEUES))
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        # Running turns stop at their next safe point and go back to the queue.
+        log.info("worker stopping")
+        current = runtime.current()
+        current.stopping.set()
+        current.heartbeat.stopping = True
+        current.heartbeat.write()
+        current.reconciler.stop()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        runtime.current().heartbeat.stop()
+        runtime.current().db.dispose()
+        log.info("worker stopped")
+
+
+def setup_broker() -> Broker:
+    settings = runtime.settings()
+    configure_logging(settings, process="worker")
+    broker = make_broker(settings)
+    broker.add_middleware(RuntimeMiddleware())
+    for queue in ALL_QUEUES:
+        broker.declare_queue(queue)
+    dramatiq.set_broker(broker)
+    return broker
+
+
+broker = setup_broker()

@@ -1,0 +1,1 @@
+"""Chat model clients. Only workers import this package."""
