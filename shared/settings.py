@@ -144,6 +144,8 @@ def _describe(error: ValidationError) -> str:
 
 
 def _variable_name(field: str) -> str:
+    if field in ("PORT", "WEB_CONCURRENCY"):
+        return field
     info = Settings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
         return str(info.validation_alias.choices[0])

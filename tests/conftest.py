@@ -1,0 +1,112 @@
+"""Fixtures: settings on a temporary SQLite file, real PostgreSQL and Redis, a fake model.
+
+Tests that need PostgreSQL or Redis skip when the service is missing, except in CI
+(``CI=true``), where a missing service fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from shared.db import Database, make_engine
+from shared.migrate import upgrade
+from shared.settings import Settings, load_settings
+from tests.fakes.openai_server import FakeOpenAI
+
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "FOXCTL_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("FOXCTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(name: str, error: Exception) -> None:
+    message = f"{name} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: services must run; .ci/run starts them)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "FOXCTL_DB_DRIVER": "sqlite",
+        "FOXCTL_STORAGE_ROOT": str(tmp_path / "data"),
+        "FOXCTL_RUN_DIR": str(tmp_path / "run"),
+        "FOXCTL_LOG_FORMAT": "console",
+    }
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as error:
+        service_missing("PostgreSQL", error)
+    return POSTGRES_ADMIN_DSN
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: str) -> Iterator[str]:
+    """Create an empty database for one test and drop it afterwards."""
+    name = f"foxctl_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_server.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        service_missing("Redis", error)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_env(request: pytest.FixtureRequest, sqlite_env: dict[str, str]) -> dict[str, str]:
+    """Environment for each database driver; the postgres case gets a fresh database."""
+    if request.param == "sqlite":
+        return sqlite_env
+    dsn = request.getfixturevalue("postgres_dsn")
+    return {**sqlite_env, "FOXCTL_DB_DRIVER": "postgres", "FOXCTL_POSTGRES_DSN": dsn}
+
+
+def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
+    return load_settings(env, **overrides)
+
+
+@pytest.fixture
+def settings(db_env: dict[str, str]) -> Settings:
+    return make_settings(db_env, lease_ttl_s=5.0)
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    db = Database(make_engine(settings))
+    upgrade(db.engine)
+    yield db
+    db.dispose()

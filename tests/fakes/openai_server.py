@@ -1,0 +1,132 @@
+"""A fake OpenAI-compatible chat server on loopback that tests can script.
+
+The last user message steers the answer:
+- ``sleep:<seconds> ...`` waits, then answers;
+- ``tool:<name> ...`` asks for that tool once, then answers after the tool result;
+- ``status:<code> ...`` answers with that HTTP status;
+- anything else is echoed back as ``echo: <content>``.
+Every request is recorded with its start and end time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Call:
+    content: str
+    started: float
+    finished: float = 0.0
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        #: Highest number of concurrent calls seen per conversation key (the text before
+        #: the first "/" of the first user message).
+        self.max_concurrency: dict[str, int] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        messages = body.get("messages", [])
+        last = messages[-1] if messages else {}
+        user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        content = str(user.get("content") or "")
+        word = content.split(" ", 1)[0]
+
+        if word.startswith("sleep:"):
+            time.sleep(float(word.removeprefix("sleep:")))
+        if word.startswith("status:"):
+            return int(word.removeprefix("status:")), {"error": {"message": "scripted"}}
+        if word.startswith("tool:") and last.get("role") != "tool":
+            name = word.removeprefix("tool:")
+            return 200, _completion("", tool_calls=[{
+                "id": "call_1", "type": "function",
+                "function": {"name": name, "arguments": "{}"},
+            }])
+        if last.get("role") == "tool":
+            return 200, _completion(f"tool said: {last.get('content')}")
+        return 200, _completion(f"echo: {content}")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                key = _conversation_key(body)
+                call = Call(content=_last_user(body), started=time.time(), body=body)
+                with fake._lock:
+                    fake.calls.append(call)
+                    fake._active[key] = fake._active.get(key, 0) + 1
+                    fake.max_concurrency[key] = max(
+                        fake.max_concurrency.get(key, 0), fake._active[key]
+                    )
+                try:
+                    status, payload = fake.answer(body)
+                finally:
+                    with fake._lock:
+                        fake._active[key] -= 1
+                    call.finished = time.time()
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+def _last_user(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
+
+
+def _conversation_key(body: dict[str, Any]) -> str:
+    for message in body.get("messages", []):
+        if message.get("role") == "user":
+            return str(message.get("content") or "").split(" ")[-1].split("/")[0]
+    return ""

@@ -1,0 +1,94 @@
+"""An in-process foxctl: the real app and turn runner over one database and a StubBroker."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import falcon.testing
+from dramatiq.brokers.stub import StubBroker
+
+from shared.auth.service import create_token
+from shared.db import Database
+from shared.queues import TURNS, Enqueuer
+from shared.settings import Settings
+from shared.turns.lease import SqlTurnLock
+from web.app import build_context, create_app
+from workers.llm.openai_compat import OpenAICompatChatModel
+from workers.tools import ToolRegistry
+from workers.turn_runner import TurnRunner
+
+
+class Harness:
+    def __init__(self, settings: Settings, db: Database, model_url: str | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.broker = StubBroker()
+        self.enqueuer = Enqueuer(self.broker)
+        self.stopping = threading.Event()
+        self.lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
+        model = OpenAICompatChatModel(base_url=model_url or "http://127.0.0.1:9/v1",
+                                      model="fake", max_attempts=1)
+        self.runner = TurnRunner(
+            db=db, lock=self.lock, enqueuer=self.enqueuer, model_for=lambda agent: model,
+            tools=ToolRegistry(), holder_prefix="test", stopping=self.stopping,
+        )
+        self.app = create_app(build_context(settings, db=db, broker=self.broker))
+        self.client = falcon.testing.TestClient(self.app)
+        with db.write() as session:
+            _, self.token = create_token(session, "tests")
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+    # -- API shortcuts -----------------------------------------------------------------
+
+    def call(self, method: str, path: str, **kwargs: Any) -> falcon.testing.Result:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.client.simulate_request(method, path, headers=headers, **kwargs)
+
+    def create_agent(self, name: str = "helper", **fields: Any) -> dict[str, Any]:
+        result = self.call("POST", "/api/agents", json={"name": name, "role": "coder", **fields})
+        assert result.status_code == 201, result.json
+        return dict(result.json)
+
+    def create_session(self, agent: str = "helper", **fields: Any) -> str:
+        result = self.call("POST", "/api/sessions", json={"agent_id": agent, **fields})
+        assert result.status_code == 201, result.json
+        return str(result.json["id"])
+
+    def post(self, session_id: str, content: str, **kwargs: Any) -> falcon.testing.Result:
+        return self.call(
+            "POST", f"/api/sessions/{session_id}/messages", json={"content": content}, **kwargs
+        )
+
+    def turn(self, turn_id: str) -> dict[str, Any]:
+        return dict(self.call("GET", f"/api/turns/{turn_id}").json)
+
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        result = self.call("GET", "/api/events", params={"session_id": session_id, "limit": 500})
+        return list(result.json["items"])
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        result = self.call("GET", f"/api/sessions/{session_id}/messages")
+        return list(result.json["items"])
+
+    # -- worker shortcuts --------------------------------------------------------------
+
+    def wake_ups(self) -> list[str]:
+        """Drain the turns queue and return the session ids it carried."""
+        queue = self.broker.queues[TURNS]
+        sessions = []
+        while not queue.empty():
+            sessions.append(self._decode(queue.get_nowait()))
+        return sessions
+
+    def run_pending(self) -> None:
+        """Run wake-ups until the queue is empty, as a single worker thread would."""
+        while sessions := self.wake_ups():
+            for session_id in sessions:
+                self.runner.run_session(session_id)
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
+        import dramatiq
+
+        return str(dramatiq.Message.decode(raw).args[0])
