@@ -27,11 +27,17 @@ class Harness:
         self.enqueuer = Enqueuer(self.broker)
         self.stopping = threading.Event()
         self.lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
-        model = OpenAICompatChatModel(base_url=model_url or "http://127.0.0.1:9/v1",
-                                      model="fake", max_attempts=1)
+        model = OpenAICompatChatModel(
+            base_url=model_url or "http://127.0.0.1:9/v1", model="fake", max_attempts=1
+        )
         self.runner = TurnRunner(
-            db=db, lock=self.lock, enqueuer=self.enqueuer, model_for=lambda agent: model,
-            tools=ToolRegistry(), holder_prefix="test", stopping=self.stopping,
+            db=db,
+            lock=self.lock,
+            enqueuer=self.enqueuer,
+            model_for=lambda agent: model,
+            tools=ToolRegistry(),
+            holder_prefix="test",
+            stopping=self.stopping,
         )
         self.app = create_app(build_context(settings, db=db, broker=self.broker))
         self.client = falcon.testing.TestClient(self.app)

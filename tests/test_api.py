@@ -158,8 +158,9 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "status", "code"), BAD_BODIES,
-                         ids=[case[0] for case in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "code"), BAD_BODIES, ids=[case[0] for case in BAD_BODIES]
+)
 def test_bad_message_body_writes_nothing(
     foxctl: Harness, case: str, body: bytes, status: int, code: str
 ) -> None:
@@ -168,7 +169,9 @@ def test_bad_message_body_writes_nothing(
     before = row_counts(foxctl.db)
 
     result = foxctl.call(
-        "POST", f"/api/sessions/{session_id}/messages", body=body,
+        "POST",
+        f"/api/sessions/{session_id}/messages",
+        body=body,
         headers={"Content-Type": "application/json"},
     )
 
@@ -268,9 +271,7 @@ def test_revoked_token_is_refused(foxctl: Harness) -> None:
         row, token = create_token(db, "short-lived")
         revoke_token(db, row.id)
 
-    result = foxctl.client.simulate_get(
-        "/api/agents", headers={"Authorization": f"Bearer {token}"}
-    )
+    result = foxctl.client.simulate_get("/api/agents", headers={"Authorization": f"Bearer {token}"})
 
     assert result.status_code == 401
 
@@ -284,19 +285,18 @@ def test_probes_need_no_token(foxctl: Harness) -> None:
     assert ready.json["checks"] == {"draining": "ok", "database": "ok", "broker": "ok"}
 
 
-def test_readyz_reports_unmigrated_database(settings: Settings, tmp_path: object) -> None:
+def test_readyz_reports_unmigrated_database(settings: Settings) -> None:
     from shared.db import make_engine
-
-    empty = Database(make_engine(settings))
-    harness_app = Harness.__new__(Harness)
     from web.app import build_context, create_app
 
+    empty = Database(make_engine(settings))
     client = falcon.testing.TestClient(create_app(build_context(settings, db=empty)))
-    del harness_app
 
     result = client.simulate_get("/readyz")
+    empty.dispose()
 
     assert result.status_code == 503
+    assert result.json["status"] == "not_ready"
     assert "foxctl migrate" in result.json["checks"]["database"]
 
 

@@ -50,6 +50,7 @@ class Lifespan:
 def build_context(
     settings: Settings, *, db: Database | None = None, broker: Broker | None = None
 ) -> WebContext:
+    owns_db = db is None
     db = db or Database(make_engine(settings))
     broker = broker or make_broker(settings)
     # One thread per pooled connection: more threads would only queue on the pool.
@@ -61,6 +62,7 @@ def build_context(
         enqueuer=Enqueuer(broker),
         drain=DrainState(settings.run_dir),
         io_threads=io_threads,
+        owns_db=owns_db,
     )
 
 

@@ -30,6 +30,8 @@ class WebContext:
     enqueuer: Enqueuer
     drain: DrainState
     io_threads: int = 8
+    #: False when the caller passed its own database and closes it itself.
+    owns_db: bool = True
     executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
@@ -42,7 +44,8 @@ class WebContext:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None
-        self.db.dispose()
+        if self.owns_db:
+            self.db.dispose()
 
     async def run(self, function: Callable[[], T]) -> T:
         """Run blocking ``function`` in the pool and await its result."""

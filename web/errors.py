@@ -39,12 +39,12 @@ class ApiError(falcon.HTTPError):
         message: str,
         *,
         headers: dict[str, str] | None = None,
-        **details: Any,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(status, headers=headers)
         self.error_code = code
         self.message = message
-        self.details = details
+        self.details = details or {}
 
     def to_dict(self, obj_type: type = dict) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.error_code, "message": self.message}
@@ -81,7 +81,7 @@ def invalid_body(error: ValidationError) -> ApiError:
         falcon.HTTP_422,
         "invalid_body",
         f"invalid request body: {first['field']}: {first['problem']}",
-        problems=problems,
+        details={"problems": problems},
     )
 
 
@@ -91,7 +91,7 @@ async def handle_foxctl_error(
     status = status_for(error)
     if status == falcon.HTTP_503:
         log.warning("backing service unavailable", error=error.message)
-    _respond(resp, ApiError(status, error.code, error.message, **error.details))
+    _respond(resp, ApiError(status, error.code, error.message, details=error.details))
 
 
 async def handle_unexpected(

@@ -68,7 +68,7 @@ def invalid_query(name: str, value: str, expected: str) -> ApiError:
         falcon.HTTP_422,
         "invalid_query",
         f"invalid query parameter {name}={value!r}: expected {expected}",
-        parameter=name,
+        details={"parameter": name},
     )
 
 

@@ -66,7 +66,7 @@ def too_large(limit: int) -> ApiError:
         falcon.HTTP_413,
         "body_too_large",
         f"request body is larger than the limit of {limit} bytes (FOXCTL_MAX_BODY_BYTES)",
-        limit_bytes=limit,
+        details={"limit_bytes": limit},
     )
 
 

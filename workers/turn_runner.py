@@ -252,7 +252,15 @@ class TurnRunner:
         with self._fenced(turn.session_id, token) as db:
             current = turns.get_turn(db, turn.id)
             self._add_model_call(db, current, reply, model_name)
-            turns.record_reply(db, current, reply.content)
+            # A cancel that came in during the model call wins over the reply: the user
+            # asked for it before they could see the answer.
+            cancelled = current.cancel_requested
+            if cancelled:
+                turns.finish_turn(db, current, TurnStatus.cancelled, error="cancelled")
+            else:
+                turns.record_reply(db, current, reply.content)
+        if cancelled:
+            raise TurnCancelled(turn.id)
         log.info("turn succeeded")
 
     def _fail(self, turn: Turn, token: int, error: str) -> None:

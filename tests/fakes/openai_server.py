@@ -1,9 +1,9 @@
 """A fake OpenAI-compatible chat server on loopback that tests can script.
 
-The last user message steers the answer:
-- ``sleep:<seconds> ...`` waits, then answers;
-- ``tool:<name> ...`` asks for that tool once, then answers after the tool result;
-- ``status:<code> ...`` answers with that HTTP status;
+Words in the last user message steer the answer, and can be combined:
+- ``sleep:<seconds>`` waits before the first answer of a turn;
+- ``tool:<name>`` asks for that tool once, then answers after the tool result;
+- ``status:<code>`` answers with that HTTP status;
 - anything else is echoed back as ``echo: <content>``.
 Every request is recorded with its start and end time.
 """
@@ -24,6 +24,9 @@ class Call:
     started: float
     finished: float = 0.0
     body: dict[str, Any] = field(default_factory=dict)
+
+
+_DIRECTIVES = {"sleep", "tool", "status"}
 
 
 class FakeOpenAI:
@@ -56,18 +59,26 @@ class FakeOpenAI:
         last = messages[-1] if messages else {}
         user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         content = str(user.get("content") or "")
-        word = content.split(" ", 1)[0]
+        directives = dict(
+            word.split(":", 1) for word in content.split() if word.split(":")[0] in _DIRECTIVES
+        )
 
-        if word.startswith("sleep:"):
-            time.sleep(float(word.removeprefix("sleep:")))
-        if word.startswith("status:"):
-            return int(word.removeprefix("status:")), {"error": {"message": "scripted"}}
-        if word.startswith("tool:") and last.get("role") != "tool":
-            name = word.removeprefix("tool:")
-            return 200, _completion("", tool_calls=[{
-                "id": "call_1", "type": "function",
-                "function": {"name": name, "arguments": "{}"},
-            }])
+        if "sleep" in directives and last.get("role") != "tool":
+            time.sleep(float(directives["sleep"]))
+        if "status" in directives:
+            return int(directives["status"]), {"error": {"message": "scripted"}}
+        if "tool" in directives and last.get("role") != "tool":
+            name = directives["tool"]
+            return 200, _completion(
+                "",
+                tool_calls=[
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": name, "arguments": "{}"},
+                    }
+                ],
+            )
         if last.get("role") == "tool":
             return 200, _completion(f"tool said: {last.get('content')}")
         return 200, _completion(f"echo: {content}")

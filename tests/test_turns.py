@@ -1,0 +1,360 @@
+"""Turns from post to reply: ordering, busy policies, cancel, redelivery, fencing.
+
+The real app and turn runner share one database; the broker is a StubBroker that the
+tests drain by hand, so each step is deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import update
+
+from shared.db import Database
+from shared.settings import Settings
+from shared.turns.models import SessionLease
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import Harness
+from workers.reconciler import Reconciler
+
+
+@pytest.fixture
+def foxctl(settings: Settings, database: Database, fake_model: FakeOpenAI) -> Iterator[Harness]:
+    harness = Harness(settings, database, fake_model.base_url)
+    harness.create_agent()
+    yield harness
+
+
+def wait_for_status(foxctl: Harness, turn_id: str, status: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while foxctl.turn(turn_id)["status"] != status:
+        assert time.monotonic() < deadline, f"turn {turn_id} never reached {status}"
+        time.sleep(0.02)
+
+
+def run_in_thread(foxctl: Harness, session_id: str) -> threading.Thread:
+    thread = threading.Thread(target=foxctl.runner.run_session, args=(session_id,))
+    thread.start()
+    return thread
+
+
+def test_turn_produces_reply_and_ordered_events(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "hello").json["turn_id"]
+
+    foxctl.run_pending()
+
+    turn = foxctl.turn(turn_id)
+    events = foxctl.events(session_id)
+    assert turn["status"] == "succeeded"
+    assert (turn["prompt_tokens"], turn["completion_tokens"]) == (7, 3)
+    assert [m["content"] for m in foxctl.messages(session_id)] == ["hello", "echo: hello"]
+    assert [e["type"] for e in events] == [
+        "message.created",
+        "turn.queued",
+        "turn.started",
+        "model.called",
+        "message.created",
+        "turn.succeeded",
+    ]
+    assert [e["seq"] for e in events] == list(range(1, 7))
+
+
+def test_turns_run_in_posting_order(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    turn_ids = [foxctl.post(session_id, f"message {n}").json["turn_id"] for n in range(4)]
+
+    foxctl.run_pending()
+
+    turns = [foxctl.turn(turn_id) for turn_id in turn_ids]
+    assert [t["status"] for t in turns] == ["succeeded"] * 4
+    assert [c.content for c in fake_model.calls] == [f"message {n}" for n in range(4)]
+    for earlier, later in zip(turns, turns[1:], strict=False):
+        assert earlier["finished_at"] <= later["started_at"]
+
+
+def test_history_reaches_model(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    foxctl.post(session_id, "first")
+    foxctl.run_pending()
+
+    foxctl.post(session_id, "second")
+    foxctl.run_pending()
+
+    sent = fake_model.calls[-1].body["messages"]
+    assert [m["content"] for m in sent] == ["first", "echo: first", "second"]
+
+
+def test_tool_call_result_goes_back_to_model(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "tool:search find it").json["turn_id"]
+
+    foxctl.run_pending()
+
+    types = [e["type"] for e in foxctl.events(session_id)]
+    result = next(e for e in foxctl.events(session_id) if e["type"] == "tool.result")
+    assert foxctl.turn(turn_id)["status"] == "succeeded"
+    assert types.count("tool.called") == 1
+    assert result["data"]["ok"] is False
+    assert "not in tool profile 'default'" in result["data"]["output"]
+    assert foxctl.messages(session_id)[-1]["content"].startswith("tool said: error:")
+
+
+def test_max_iterations_ends_turn_as_failed(foxctl: Harness) -> None:
+    foxctl.create_agent("once", max_iterations=1)
+    session_id = foxctl.create_session("once")
+    turn_id = foxctl.post(session_id, "tool:search x").json["turn_id"]
+
+    foxctl.run_pending()
+
+    turn = foxctl.turn(turn_id)
+    assert turn["status"] == "failed"
+    assert "max_iterations=1" in turn["error"]
+
+
+def test_bad_api_key_fails_turn_clearly(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "status:401 hi").json["turn_id"]
+
+    foxctl.run_pending()
+
+    turn = foxctl.turn(turn_id)
+    failed = [e for e in foxctl.events(session_id) if e["type"] == "turn.failed"]
+    assert turn["status"] == "failed"
+    assert "FOXCTL_LLM_API_KEY" in turn["error"]
+    assert failed[0]["data"]["error"] == turn["error"]
+
+
+def test_redelivered_wake_up_adds_no_reply(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    foxctl.post(session_id, "hello")
+    foxctl.run_pending()
+
+    foxctl.runner.run_session(session_id)
+    foxctl.runner.run_session(session_id)
+
+    assert [m["role"] for m in foxctl.messages(session_id)] == ["user", "assistant"]
+
+
+# -- busy policies ---------------------------------------------------------------------
+
+
+def test_enqueue_policy_queues_second_message(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    first = foxctl.post(session_id, "sleep:0.3 one").json["turn_id"]
+    worker = run_in_thread(foxctl, session_id)
+    wait_for_status(foxctl, first, "running")
+
+    second = foxctl.post(session_id, "two")
+    worker.join()
+    foxctl.run_pending()
+
+    assert second.status_code == 202
+    assert foxctl.turn(first)["status"] == "succeeded"
+    assert foxctl.turn(second.json["turn_id"])["status"] == "succeeded"
+
+
+def test_reject_policy_answers_409_with_running_turn(foxctl: Harness) -> None:
+    session_id = foxctl.create_session(busy_policy="reject")
+    first = foxctl.post(session_id, "sleep:0.3 one").json["turn_id"]
+    worker = run_in_thread(foxctl, session_id)
+    wait_for_status(foxctl, first, "running")
+
+    second = foxctl.post(session_id, "two")
+    worker.join()
+
+    assert second.status_code == 409
+    assert second.json["error"]["code"] == "session_busy"
+    assert second.json["error"]["details"]["turn_id"] == first
+    assert [m["content"] for m in foxctl.messages(session_id)] == [
+        "sleep:0.3 one",
+        "echo: sleep:0.3 one",
+    ]
+
+
+def test_reject_policy_accepts_after_turn_ends(foxctl: Harness) -> None:
+    session_id = foxctl.create_session(busy_policy="reject")
+    foxctl.post(session_id, "one")
+    foxctl.run_pending()
+
+    result = foxctl.post(session_id, "two")
+
+    assert result.status_code == 202
+
+
+def test_interrupt_policy_cancels_running_turn(foxctl: Harness) -> None:
+    session_id = foxctl.create_session(busy_policy="interrupt")
+    first = foxctl.post(session_id, "sleep:0.3 tool:search slow").json["turn_id"]
+    worker = run_in_thread(foxctl, session_id)
+    wait_for_status(foxctl, first, "running")
+
+    second = foxctl.post(session_id, "newer").json["turn_id"]
+    worker.join()
+    foxctl.run_pending()
+
+    assert foxctl.turn(first)["status"] == "cancelled"
+    assert foxctl.turn(second)["status"] == "succeeded"
+    assert foxctl.messages(session_id)[-1]["content"] == "echo: newer"
+    assert [e["type"] for e in foxctl.events(session_id)].count("tool.called") == 0
+
+
+def test_interrupt_policy_cancels_queued_turn(foxctl: Harness) -> None:
+    session_id = foxctl.create_session(busy_policy="interrupt")
+    first = foxctl.post(session_id, "one").json["turn_id"]
+
+    second = foxctl.post(session_id, "two").json["turn_id"]
+    foxctl.run_pending()
+
+    assert foxctl.turn(first)["status"] == "cancelled"
+    assert foxctl.turn(second)["status"] == "succeeded"
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+def test_cancel_queued_turn_never_calls_model(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "hello").json["turn_id"]
+
+    cancel = foxctl.call("POST", f"/api/turns/{turn_id}/cancel")
+    foxctl.run_pending()
+
+    assert cancel.status_code == 202
+    assert cancel.json["status"] == "cancelled"
+    assert fake_model.calls == []
+
+
+def test_cancel_running_then_follow_up_is_processed(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    first = foxctl.post(session_id, "sleep:0.3 long job").json["turn_id"]
+    worker = run_in_thread(foxctl, session_id)
+    wait_for_status(foxctl, first, "running")
+
+    cancel = foxctl.call("POST", f"/api/turns/{first}/cancel")
+    follow_up = foxctl.post(session_id, "are you there?").json["turn_id"]
+    worker.join()
+    foxctl.run_pending()
+
+    assert cancel.json["cancel_requested"] is True
+    assert foxctl.turn(first)["status"] == "cancelled"
+    assert foxctl.turn(follow_up)["status"] == "succeeded"
+    assert foxctl.messages(session_id)[-1]["content"] == "echo: are you there?"
+    assert "echo: sleep:0.3 long job" not in [m["content"] for m in foxctl.messages(session_id)]
+
+
+def test_cancelled_tool_call_is_not_run(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "tool:search sleep").json["turn_id"]
+    foxctl.call("POST", f"/api/turns/{turn_id}/cancel")
+
+    foxctl.run_pending()
+
+    types = [e["type"] for e in foxctl.events(session_id)]
+    assert "tool.called" not in types
+    assert foxctl.turn(turn_id)["status"] == "cancelled"
+
+
+def test_cancel_finished_turn_is_conflict(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "hello").json["turn_id"]
+    foxctl.run_pending()
+
+    result = foxctl.call("POST", f"/api/turns/{turn_id}/cancel")
+
+    assert result.status_code == 409
+    assert result.json["error"]["code"] == "turn_finished"
+
+
+def test_cancel_unknown_turn_is_404(foxctl: Harness) -> None:
+    result = foxctl.call("POST", "/api/turns/turn_missing/cancel")
+
+    assert result.status_code == 404
+
+
+# -- fencing, hand-back, reconciler -----------------------------------------------------
+
+
+def test_holder_that_lost_lease_cannot_reply(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "sleep:0.5 slow").json["turn_id"]
+    worker = run_in_thread(foxctl, session_id)
+    wait_for_status(foxctl, turn_id, "running")
+
+    # Another worker takes over, as it would after this holder paused past its expiry.
+    table = SessionLease.__table__  # type: ignore[attr-defined]
+    with foxctl.db.write() as db:
+        db.exec(update(table).values(holder="other", token=table.c.token + 1, expires_at=0.0))
+    worker.join()
+    stuck = foxctl.turn(turn_id)
+    foxctl.runner.run_session(session_id)
+
+    assert stuck["status"] == "running"
+    assert foxctl.turn(turn_id)["status"] == "succeeded"
+    assert foxctl.turn(turn_id)["attempts"] == 2
+    assert [m["role"] for m in foxctl.messages(session_id)] == ["user", "assistant"]
+    assert len(fake_model.calls) == 2
+
+
+def test_stopping_worker_hands_turn_back(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "tool:search x").json["turn_id"]
+    foxctl.wake_ups()
+    foxctl.stopping.set()
+
+    foxctl.runner.run_session(session_id)
+    handed_back = foxctl.turn(turn_id)
+    woken = foxctl.wake_ups()
+    foxctl.stopping.clear()
+    foxctl.runner.run_session(session_id)
+
+    assert handed_back["status"] == "queued"
+    assert woken == [session_id]
+    assert foxctl.turn(turn_id)["status"] == "succeeded"
+
+
+def test_stopping_worker_hands_back_mid_turn(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "tool:search x").json["turn_id"]
+    foxctl.wake_ups()
+    original = foxctl.runner._tools.run
+
+    def stop_during_tool(profile, call):  # type: ignore[no-untyped-def]
+        foxctl.stopping.set()
+        return original(profile, call)
+
+    foxctl.runner._tools.run = stop_during_tool  # type: ignore[method-assign]
+
+    foxctl.runner.run_session(session_id)
+
+    types = [e["type"] for e in foxctl.events(session_id)]
+    assert foxctl.turn(turn_id)["status"] == "queued"
+    assert types[-1] == "turn.requeued"
+    assert foxctl.wake_ups() == [session_id]
+
+
+def test_reconciler_recovers_lost_wake_up(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "hello").json["turn_id"]
+    foxctl.wake_ups()  # the broker loses the message
+    reconciler = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1)
+
+    recovered = reconciler.reconcile_once()
+    foxctl.run_pending()
+
+    assert recovered == 1
+    assert foxctl.turn(turn_id)["status"] == "succeeded"
+
+
+def test_reconciler_skips_session_with_live_lease(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    foxctl.post(session_id, "hello")
+    foxctl.wake_ups()
+    foxctl.lock.claim(session_id, "busy-worker")
+
+    recovered = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1).reconcile_once()
+
+    assert recovered == 0
+    assert foxctl.wake_ups() == []
