@@ -6,6 +6,7 @@ tests drain by hand, so each step is deterministic.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -72,7 +73,7 @@ def test_turns_run_in_posting_order(foxctl: Harness, fake_model: FakeOpenAI) -> 
     turns = [foxctl.turn(turn_id) for turn_id in turn_ids]
     assert [t["status"] for t in turns] == ["succeeded"] * 4
     assert [c.content for c in fake_model.calls] == [f"message {n}" for n in range(4)]
-    for earlier, later in zip(turns, turns[1:], strict=False):
+    for earlier, later in itertools.pairwise(turns):
         assert earlier["finished_at"] <= later["started_at"]
 
 

@@ -6,6 +6,11 @@ import dramatiq
 
 from shared.queues import RUN_SESSION
 from workers import runtime
+from workers.broker_setup import broker
+
+# Dramatiq binds an actor to the global broker when the decorator runs, so the import
+# of broker_setup above must come first; it is used here only for that side effect.
+__all__ = ["broker", "run_session"]
 
 _settings = runtime.settings()
 

@@ -1,6 +1,5 @@
-"""Entry module for ``dramatiq workers.main``: the broker first, then the actors."""
+"""Entry module for ``dramatiq workers.main``: the broker, then the actors bound to it."""
 
-from workers import actors
-from workers.broker_setup import broker
+from workers.actors import broker, run_session
 
-__all__ = ["actors", "broker"]
+__all__ = ["broker", "run_session"]
