@@ -185,7 +185,7 @@ def test_two_workers_keep_one_turn_per_session_in_order(
     by_id = {t.id: t for t in turns}
     assert all(t.status == "succeeded" for t in turns), cluster.logs()
     assert max(fake_model.max_concurrency.values()) == 1
-    for session_id, turn_ids in posted.items():
+    for turn_ids in posted.values():
         ordered = [by_id[t] for t in turn_ids]
         assert [t.number for t in ordered] == list(range(1, 11))
         for earlier, later in itertools.pairwise(ordered):
