@@ -80,7 +80,7 @@ def up(host: str | None, port: int | None, threads: int) -> None:
         host=host,
         port=port,
         threads=threads,
-        auth_explicit="FOXCTL_AUTH" in os.environ,
+        explicit={name for name in ("FOXCTL_AUTH", "FOXCTL_LOG_FORMAT") if name in os.environ},
     )
 
 

@@ -52,7 +52,6 @@ class Settings(BaseSettings):
     postgres_pgbouncer: bool = False
     storage_root: Path = Path.home() / ".local" / "share" / "foxctl"
     run_dir: Path = Path("/tmp/foxctl")  # noqa: S108 - per-pod scratch; k8s mounts an emptyDir at /tmp.
-    workspace: Path = Path(".")
 
     # Broker. ``memory://`` is the in-process broker used by ``foxctl up``.
     broker_url: str = "memory://"
