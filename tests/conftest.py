@@ -7,6 +7,11 @@ Tests that need PostgreSQL or Redis skip when the service is missing, except in 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +77,60 @@ def postgres_dsn(postgres_server: str) -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pgbouncer_dsn(postgres_dsn: str) -> Iterator[str]:
+    """Put PgBouncer in transaction pooling mode in front of a fresh test database."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        service_missing("PgBouncer", FileNotFoundError(binary))
+    # PgBouncer refuses to run as root and then reads its files as the postgres user,
+    # so they live in a world-readable directory instead of pytest's private tmp_path.
+    workdir = Path(tempfile.mkdtemp(prefix="foxctl-pgbouncer-"))
+    workdir.chmod(0o777)
+    port = _free_port()
+    user = postgres_dsn.split("://", 1)[1].split("@", 1)[0]
+    (workdir / "users.txt").write_text(f'"{user}" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        "[databases]\n* = host=127.0.0.1 port=5432\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {workdir}/users.txt\n"
+        "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
+        f"logfile = {workdir}/pgbouncer.log\n"
+    )
+    for path in workdir.iterdir():
+        path.chmod(0o666)
+    command = [binary, str(workdir / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", "postgres"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    dsn = postgres_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    _wait_for_postgres(dsn, process, workdir / "pgbouncer.log")
+    yield dsn
+    process.terminate()
+    process.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_for_postgres(dsn: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with psycopg.connect(dsn, connect_timeout=1):
+                return
+        except psycopg.OperationalError as error:
+            if process.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text() if log.exists() else ""
+                service_missing("PgBouncer", RuntimeError(f"{error}\n{text}"))
+            time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

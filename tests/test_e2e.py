@@ -1,6 +1,7 @@
 """End to end with real processes: gunicorn web, dramatiq workers, Redis, a fake model.
 
-Each test runs on PostgreSQL and on SQLite (one file shared by every process).
+Each test runs on PostgreSQL, on PostgreSQL behind PgBouncer in transaction pooling
+mode, and on SQLite (one file shared by every process).
 """
 
 from __future__ import annotations
@@ -113,12 +114,29 @@ class Cluster:
         return len(rows)
 
 
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
+def cluster_db_env(request: pytest.FixtureRequest, sqlite_env: dict[str, str]) -> dict[str, str]:
+    """Each driver, plus PostgreSQL behind PgBouncer in transaction pooling mode."""
+    if request.param == "sqlite":
+        return sqlite_env
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        return {**sqlite_env, "FOXCTL_DB_DRIVER": "postgres", "FOXCTL_POSTGRES_DSN": dsn}
+    dsn = request.getfixturevalue("pgbouncer_dsn")
+    return {
+        **sqlite_env,
+        "FOXCTL_DB_DRIVER": "postgres",
+        "FOXCTL_POSTGRES_DSN": dsn,
+        "FOXCTL_POSTGRES_PGBOUNCER": "true",
+    }
+
+
 @pytest.fixture
 def cluster(
-    db_env: dict[str, str], redis_url: str, fake_model: FakeOpenAI, tmp_path: Path
+    cluster_db_env: dict[str, str], redis_url: str, fake_model: FakeOpenAI, tmp_path: Path
 ) -> Iterator[Cluster]:
     env = {
-        **db_env,
+        **cluster_db_env,
         "FOXCTL_BROKER_URL": redis_url,
         "FOXCTL_LLM_BASE_URL": fake_model.base_url,
         "FOXCTL_LEASE_TTL_S": str(LEASE_TTL_S),
