@@ -42,7 +42,7 @@ class UnconfiguredModel:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def complete(self, messages: object, tools: object) -> ModelReply:
+    def complete(self, messages: object, tools: object, *, on_delta: object = None) -> ModelReply:
         raise ModelError(
             "no model provider is configured; set FOXCTL_LLM_BASE_URL (and "
             "FOXCTL_LLM_API_KEY) to an OpenAI-compatible server"

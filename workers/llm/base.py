@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from shared.errors import FoxctlError
+
+
+#: Receives each piece of streamed reply text.
+DeltaCallback = Callable[[str], None]
 
 
 class ModelError(FoxctlError):
@@ -35,9 +40,18 @@ class ChatModel(Protocol):
 
     name: str
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelReply:
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        on_delta: DeltaCallback | None = None,
+    ) -> ModelReply:
         """Return the model's next message for ``messages`` (OpenAI chat format).
 
-        Raises ModelError when the provider cannot produce an answer.
+        ``tools`` uses the OpenAI ``tools`` format. When ``on_delta`` is given, the model
+        streams and ``on_delta`` receives each piece of reply text as it arrives; the
+        returned reply still holds the whole text. Raises ModelError when the provider
+        cannot produce an answer.
         """
         ...

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from workers.llm.base import ModelError, ModelReply, ToolCall
+from workers.llm.base import DeltaCallback, ModelError, ModelReply, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,13 @@ class OpenAICompatChatModel:
         self._max_retry_wait_s = max_retry_wait_s
         self._client = client or httpx.Client(timeout=timeout_s)
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelReply:
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        on_delta: DeltaCallback | None = None,
+    ) -> ModelReply:
         body: dict[str, Any] = {"model": self.name, "messages": messages}
         if tools:
             body["tools"] = tools
