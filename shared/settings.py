@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # statements, so this turns psycopg's automatic preparing off.
     postgres_pgbouncer: bool = False
     storage_root: Path = Path.home() / ".local" / "share" / "foxctl"
+    # The source checkout that workspace tools read and write; nothing outside it.
+    workspace: Path = Path(".")
     run_dir: Path = Path("/tmp/foxctl")  # noqa: S108 - per-pod scratch; k8s mounts an emptyDir at /tmp.
 
     # Broker. ``memory://`` is the in-process broker used by ``foxctl up``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import falcon.testing
@@ -16,11 +17,18 @@ from shared.turns.lease import SqlTurnLock
 from web.app import build_context, create_app
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.tools import ToolRegistry
+from workers.tools.workspace import workspace_tools
 from workers.turn_runner import TurnRunner
 
 
 class Harness:
-    def __init__(self, settings: Settings, db: Database, model_url: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        model_url: str | None = None,
+        workspace: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.broker = StubBroker()
@@ -35,7 +43,7 @@ class Harness:
             lock=self.lock,
             enqueuer=self.enqueuer,
             model_for=lambda agent: model,
-            tools=ToolRegistry(),
+            tools=ToolRegistry(workspace_tools(workspace or settings.workspace)),
             holder_prefix="test",
             stopping=self.stopping,
         )

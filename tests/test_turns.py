@@ -10,6 +10,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -23,8 +24,19 @@ from workers.reconciler import Reconciler
 
 
 @pytest.fixture
-def foxctl(settings: Settings, database: Database, fake_model: FakeOpenAI) -> Iterator[Harness]:
-    harness = Harness(settings, database, fake_model.base_url)
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "workspace"
+    root.mkdir()
+    (root / "notes.md").write_text("The deploy key rotates on Mondays.\n")
+    (tmp_path / "secret.txt").write_text("outside the workspace")
+    return root
+
+
+@pytest.fixture
+def foxctl(
+    settings: Settings, database: Database, fake_model: FakeOpenAI, workspace: Path
+) -> Iterator[Harness]:
+    harness = Harness(settings, database, fake_model.base_url, workspace)
     harness.create_agent()
     yield harness
 
@@ -100,8 +112,30 @@ def test_tool_call_result_goes_back_to_model(foxctl: Harness) -> None:
     assert foxctl.turn(turn_id)["status"] == "succeeded"
     assert types.count("tool.called") == 1
     assert result["data"]["ok"] is False
-    assert "not in tool profile 'default'" in result["data"]["output"]
+    assert "tool 'search' is not available" in result["data"]["output"]
     assert foxctl.messages(session_id)[-1]["content"].startswith("tool said: error:")
+
+
+def test_workspace_tool_result_reaches_model(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+
+    foxctl.post(session_id, 'tool:fs_read_file args:{"path":"notes.md"} when?')
+    foxctl.run_pending()
+
+    reply = foxctl.messages(session_id)[-1]["content"]
+    assert reply == "tool said: 1: The deploy key rotates on Mondays.\n"
+
+
+def test_escaping_tool_call_gets_tool_error(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+
+    foxctl.post(session_id, 'tool:fs_read_file args:{"path":"../secret.txt"} read')
+    foxctl.run_pending()
+
+    result = next(e for e in foxctl.events(session_id) if e["type"] == "tool.result")
+    assert result["data"]["ok"] is False
+    assert "leaves the workspace" in result["data"]["output"]
+    assert "outside the workspace" not in foxctl.messages(session_id)[-1]["content"]
 
 
 def test_max_iterations_ends_turn_as_failed(foxctl: Harness) -> None:

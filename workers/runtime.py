@@ -23,6 +23,7 @@ from workers.llm.base import ChatModel, ModelError, ModelReply
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.reconciler import Reconciler
 from workers.tools import ToolRegistry
+from workers.tools.workspace import workspace_tools
 from workers.turn_runner import TurnRunner
 
 
@@ -91,7 +92,7 @@ def build_runtime(settings: Settings, broker: Broker) -> WorkerRuntime:
         lock=lock,
         enqueuer=enqueuer,
         model_for=model_factory(settings),
-        tools=ToolRegistry(),
+        tools=ToolRegistry(workspace_tools(settings.workspace)),
         holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
         stopping=stopping,
     )

@@ -21,7 +21,7 @@ from shared.turns.errors import LeaseLost
 from shared.turns.lease import SqlTurnLock
 from shared.turns.models import Turn, TurnStatus
 from workers.llm.base import ChatModel, ModelError, ModelReply
-from workers.tools import ToolRegistry, ToolResult
+from workers.tools import ToolRegistry, ToolResult, allowed_tools
 
 log = structlog.get_logger(__name__)
 
@@ -170,7 +170,8 @@ class TurnRunner:
     def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper) -> None:
         agent, conversation = self._load_conversation(turn)
         model = self._model_for(agent)
-        tool_specs = self._tools.specs(agent.tool_profile)
+        allowed = allowed_tools(agent.role, agent.tool_profile, agent.tools)
+        tool_specs = self._tools.specs(allowed)
 
         for _ in range(agent.max_iterations):
             self._checkpoint(turn, token, keeper)
@@ -198,7 +199,7 @@ class TurnRunner:
                         "arguments": call.arguments,
                     },
                 )
-                result = self._tools.run(agent.tool_profile, call)
+                result = self._tools.run(allowed, call)
                 self._record(turn, token, EventType.tool_result, _tool_result_data(result))
                 conversation.append(
                     {"role": "tool", "tool_call_id": result.call_id, "content": result.output}

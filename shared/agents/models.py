@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -23,6 +23,34 @@ class AgentRole(StrEnum):
     reviewer = "reviewer"
 
 
+class AgentMode(StrEnum):
+    """How an agent's turns start."""
+
+    #: One turn per user message.
+    reactive = "reactive"
+    #: After a user message, up to ``max_auto_turns`` continuation turns, then stop.
+    autonomous = "autonomous"
+    #: Autonomous, then a think turn every ``think_interval_s`` while the agent is active.
+    proactive = "proactive"
+    #: One turn every ``tick_interval_s`` until the agent calls ``end_tick``.
+    tick = "tick"
+
+
+class AgentStatus(StrEnum):
+    active = "active"
+    #: Stopped by a user: nothing more runs.
+    stopped = "stopped"
+    #: A tick agent that called end_tick: no further ticks.
+    ended = "ended"
+
+
+ToolProfile = Literal["default", "read-only", "none"]
+
+#: Tools an agent's allowlist may name.
+KNOWN_TOOLS = ("code_grep", "end_tick", "fs_list_dir", "fs_read_file", "fs_write_file")
+ToolName = Literal["code_grep", "end_tick", "fs_list_dir", "fs_read_file", "fs_write_file"]
+
+
 class Agent(SQLModel, table=True):
     __tablename__ = "agents"
 
@@ -35,7 +63,16 @@ class Agent(SQLModel, table=True):
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
     tool_profile: str = Field(default="default", max_length=100)
+    # Tool names that replace the profile's; None means the profile decides.
+    tools: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     max_iterations: int = Field(default=8)
+    mode: str = Field(default=AgentMode.reactive.value, max_length=20)
+    status: str = Field(default=AgentStatus.active.value, max_length=20)
+    max_auto_turns: int = Field(default=5)
+    think_interval_s: int = Field(default=300)
+    tick_interval_s: int = Field(default=60)
+    # None: inject workspace search results only for models that use tools poorly.
+    inject_context: bool | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
@@ -53,8 +90,14 @@ class AgentCreate(BaseModel):
     system_prompt: str = PydanticField(default="", max_length=100_000)
     model: str | None = PydanticField(default=None, min_length=1, max_length=200)
     model_settings: dict[str, Any] = PydanticField(default_factory=dict)
-    tool_profile: str = PydanticField(default="default", min_length=1, max_length=100)
+    tool_profile: ToolProfile = "default"
+    tools: list[ToolName] | None = None
     max_iterations: int = PydanticField(default=8, ge=1, le=100)
+    mode: AgentMode = AgentMode.reactive
+    max_auto_turns: int = PydanticField(default=5, ge=0, le=1000)
+    think_interval_s: int = PydanticField(default=300, ge=5, le=86_400)
+    tick_interval_s: int = PydanticField(default=60, ge=5, le=86_400)
+    inject_context: bool | None = None
 
 
 class AgentUpdate(BaseModel):
@@ -69,8 +112,14 @@ class AgentUpdate(BaseModel):
     system_prompt: str | None = PydanticField(default=None, max_length=100_000)
     model: str | None = PydanticField(default=None, min_length=1, max_length=200)
     model_settings: dict[str, Any] | None = None
-    tool_profile: str | None = PydanticField(default=None, min_length=1, max_length=100)
+    tool_profile: ToolProfile | None = None
+    tools: list[ToolName] | None = None
     max_iterations: int | None = PydanticField(default=None, ge=1, le=100)
+    mode: AgentMode | None = None
+    max_auto_turns: int | None = PydanticField(default=None, ge=0, le=1000)
+    think_interval_s: int | None = PydanticField(default=None, ge=5, le=86_400)
+    tick_interval_s: int | None = PydanticField(default=None, ge=5, le=86_400)
+    inject_context: bool | None = None
 
 
 class AgentOut(BaseModel):
@@ -81,6 +130,13 @@ class AgentOut(BaseModel):
     model: str | None
     model_settings: dict[str, Any]
     tool_profile: str
+    tools: list[str] | None
     max_iterations: int
+    mode: AgentMode
+    status: AgentStatus
+    max_auto_turns: int
+    think_interval_s: int
+    tick_interval_s: int
+    inject_context: bool | None
     created_at: datetime
     updated_at: datetime

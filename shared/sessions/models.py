@@ -40,6 +40,10 @@ class AgentSession(SQLModel, table=True):
     # session's row lock, which orders concurrent writers.
     turn_count: int = Field(default=0)
     event_count: int = Field(default=0)
+    # Continuation turns run since the last user message (autonomous and proactive modes).
+    auto_turns: int = Field(default=0)
+    # When the scheduler next queues a think or tick turn, in seconds since the epoch.
+    next_wake_at: float | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 

@@ -13,6 +13,15 @@ from shared.clock import utcnow
 from shared.timestamps import UtcDateTime
 
 
+class TurnTrigger(StrEnum):
+    """What queued a turn."""
+
+    message = "message"
+    continuation = "continuation"
+    think = "think"
+    tick = "tick"
+
+
 class TurnStatus(StrEnum):
     queued = "queued"
     running = "running"
@@ -44,6 +53,7 @@ class Turn(SQLModel, table=True):
     # Position in the session: turns run in this order.
     number: int
     message_id: str = Field(max_length=40)
+    trigger: str = Field(default=TurnTrigger.message.value, max_length=20)
     status: str = Field(default=TurnStatus.queued.value, max_length=20)
     cancel_requested: bool = Field(default=False)
     attempts: int = Field(default=0)
@@ -83,6 +93,7 @@ class TurnOut(BaseModel):
     session_id: str
     number: int
     message_id: str
+    trigger: TurnTrigger
     status: TurnStatus
     cancel_requested: bool
     attempts: int

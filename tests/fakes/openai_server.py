@@ -3,6 +3,7 @@
 Words in the last user message steer the answer, and can be combined:
 - ``sleep:<seconds>`` waits before the first answer of a turn;
 - ``tool:<name>`` asks for that tool once, then answers after the tool result;
+- ``args:<json>`` gives that tool call's arguments (JSON without spaces);
 - ``status:<code>`` answers with that HTTP status;
 - anything else is echoed back as ``echo: <content>``.
 Every request is recorded with its start and end time.
@@ -26,7 +27,7 @@ class Call:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-_DIRECTIVES = {"sleep", "tool", "status"}
+_DIRECTIVES = {"sleep", "tool", "args", "status"}
 
 
 class FakeOpenAI:
@@ -75,7 +76,7 @@ class FakeOpenAI:
                     {
                         "id": "call_1",
                         "type": "function",
-                        "function": {"name": name, "arguments": "{}"},
+                        "function": {"name": name, "arguments": directives.get("args", "{}")},
                     }
                 ],
             )

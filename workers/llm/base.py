@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.errors import FoxctlError
-
 
 #: Receives each piece of streamed reply text.
 DeltaCallback = Callable[[str], None]
