@@ -298,7 +298,7 @@ def _describe_entry(entry: os.DirEntry[str]) -> str:
     return f"{entry.name} ({info.st_size} bytes)"
 
 
-def _positive_int(value: Any, name: str) -> int:
+def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ToolError(f"{name} must be a positive integer, got {value!r}")
     return value
