@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = Field(default=120.0, gt=0)
+    # Prompt budget in estimated tokens: the newest history that fits is sent.
+    context_tokens: int = Field(default=6000, ge=256)
 
     # Command line: where `foxctl send` finds the API, and the token it sends.
     api_url: str | None = None

@@ -11,10 +11,13 @@ from dramatiq.brokers.stub import StubBroker
 
 from shared.auth.service import create_token
 from shared.db import Database
+from shared.events.live import MemoryPublisher
 from shared.queues import TURNS, Enqueuer
 from shared.settings import Settings
 from shared.turns.lease import SqlTurnLock
 from web.app import build_context, create_app
+from workers.agent_loop import AgentLoop, LoopSettings
+from workers.context import LexicalSearch
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.tools import ToolRegistry
 from workers.tools.workspace import workspace_tools
@@ -35,6 +38,8 @@ class Harness:
         self.enqueuer = Enqueuer(self.broker)
         self.stopping = threading.Event()
         self.lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
+        self.publisher = MemoryPublisher()
+        root = workspace or settings.workspace
         model = OpenAICompatChatModel(
             base_url=model_url or "http://127.0.0.1:9/v1", model="fake", max_attempts=1
         )
@@ -42,8 +47,14 @@ class Harness:
             db=db,
             lock=self.lock,
             enqueuer=self.enqueuer,
-            model_for=lambda agent: model,
-            tools=ToolRegistry(workspace_tools(workspace or settings.workspace)),
+            loop=AgentLoop(
+                db,
+                lambda agent: model,
+                ToolRegistry(workspace_tools(root)),
+                LexicalSearch(root),
+                LoopSettings(),
+            ),
+            publisher=self.publisher,
             holder_prefix="test",
             stopping=self.stopping,
         )

@@ -98,7 +98,9 @@ def test_history_reaches_model(foxctl: Harness, fake_model: FakeOpenAI) -> None:
     foxctl.run_pending()
 
     sent = fake_model.calls[-1].body["messages"]
-    assert [m["content"] for m in sent] == ["first", "echo: first", "second"]
+    assert [m["content"] for m in sent[1:]] == ["first", "echo: first", "second"]
+    assert sent[0]["role"] == "system"
+    assert sent[0]["content"].startswith("You are a coding agent.")
 
 
 def test_tool_call_result_goes_back_to_model(foxctl: Harness) -> None:
@@ -354,13 +356,13 @@ def test_stopping_worker_hands_back_mid_turn(foxctl: Harness) -> None:
     session_id = foxctl.create_session()
     turn_id = foxctl.post(session_id, "tool:search x").json["turn_id"]
     foxctl.wake_ups()
-    original = foxctl.runner._tools.run
+    original = foxctl.runner._loop._tools.run
 
     def stop_during_tool(profile, call):  # type: ignore[no-untyped-def]
         foxctl.stopping.set()
         return original(profile, call)
 
-    foxctl.runner._tools.run = stop_during_tool  # type: ignore[method-assign]
+    foxctl.runner._loop._tools.run = stop_during_tool  # type: ignore[method-assign]
 
     foxctl.runner.run_session(session_id)
 

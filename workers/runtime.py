@@ -15,10 +15,13 @@ from dramatiq.broker import Broker
 
 from shared.agents.models import Agent
 from shared.db import Database, make_engine
+from shared.events.live import EventPublisher
 from shared.heartbeat import HeartbeatWriter
 from shared.queues import Enqueuer
 from shared.settings import Settings, SettingsError, load_settings
 from shared.turns.lease import SqlTurnLock
+from workers.agent_loop import AgentLoop, LoopSettings
+from workers.context import LexicalSearch
 from workers.llm.base import ChatModel, ModelError, ModelReply
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.reconciler import Reconciler
@@ -82,17 +85,26 @@ class ModelFactory:
         )
 
 
-def build_runtime(settings: Settings, broker: Broker) -> WorkerRuntime:
+def build_runtime(
+    settings: Settings, broker: Broker, publisher: EventPublisher | None = None
+) -> WorkerRuntime:
     db = Database(make_engine(settings))
     enqueuer = Enqueuer(broker)
     stopping = threading.Event()
     lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
+    loop = AgentLoop(
+        db,
+        model_factory(settings),
+        ToolRegistry(workspace_tools(settings.workspace)),
+        LexicalSearch(settings.workspace),
+        LoopSettings(context_tokens=settings.context_tokens),
+    )
     runner = TurnRunner(
         db=db,
         lock=lock,
         enqueuer=enqueuer,
-        model_for=model_factory(settings),
-        tools=ToolRegistry(workspace_tools(settings.workspace)),
+        loop=loop,
+        publisher=publisher,
         holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
         stopping=stopping,
     )

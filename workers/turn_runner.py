@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
-from sqlmodel import col, select
+from sqlmodel import Session, select
 
-from shared.agents.models import Agent
+from shared.agents.models import Agent, AgentStatus
+from shared.clock import Clock, system_clock
 from shared.db import Database
+from shared.events.live import EventPublisher, NullPublisher
 from shared.events.models import EventType
 from shared.events.service import append_event
 from shared.queues import Enqueuer
-from shared.sessions.models import AgentSession, Message
+from shared.sessions.models import AgentSession
 from shared.turns import service as turns
+from shared.turns.automation import after_turn
 from shared.turns.errors import LeaseLost
 from shared.turns.lease import SqlTurnLock
 from shared.turns.models import Turn, TurnStatus
-from workers.llm.base import ChatModel, ModelError, ModelReply
-from workers.tools import ToolRegistry, ToolResult, allowed_tools
+from workers.agent_loop import AgentLoop
+from workers.llm.base import ModelReply
 
 log = structlog.get_logger(__name__)
-
-#: How many earlier messages a turn sends to the model.
-HISTORY_LIMIT = 200
 
 
 class TurnCancelled(Exception):
@@ -85,19 +85,21 @@ class TurnRunner:
         db: Database,
         lock: SqlTurnLock,
         enqueuer: Enqueuer,
-        model_for: Callable[[Agent], ChatModel],
-        tools: ToolRegistry,
+        loop: AgentLoop,
         holder_prefix: str,
         stopping: threading.Event,
+        publisher: EventPublisher | None = None,
+        clock: Clock = system_clock,
         max_attempts: int = 3,
     ) -> None:
         self._db = db
         self._lock = lock
         self._enqueuer = enqueuer
-        self._model_for = model_for
-        self._tools = tools
+        self._loop = loop
         self._holder_prefix = holder_prefix
         self._stopping = stopping
+        self._publisher = publisher or NullPublisher()
+        self._clock = clock
         self._max_attempts = max_attempts
 
     def run_session(self, session_id: str) -> None:
@@ -168,134 +170,11 @@ class TurnRunner:
         return None
 
     def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper) -> None:
-        agent, conversation = self._load_conversation(turn)
-        model = self._model_for(agent)
-        allowed = allowed_tools(agent.role, agent.tool_profile, agent.tools)
-        tool_specs = self._tools.specs(allowed)
-
-        for _ in range(agent.max_iterations):
-            self._checkpoint(turn, token, keeper)
-            try:
-                reply = model.complete(conversation, tool_specs)
-            except ModelError as error:
-                self._fail(turn, token, f"model {model.name!r} failed: {error.message}")
-                return
-
-            if not reply.tool_calls:
-                self._finish(turn, token, reply, model.name)
-                return
-
-            self._record_model_call(turn, token, reply, model.name)
-            conversation.append(_assistant_tool_message(reply))
-            for call in reply.tool_calls:
-                self._checkpoint(turn, token, keeper)
-                self._record(
-                    turn,
-                    token,
-                    EventType.tool_called,
-                    {
-                        "call_id": call.id,
-                        "name": call.name,
-                        "arguments": call.arguments,
-                    },
-                )
-                result = self._tools.run(allowed, call)
-                self._record(turn, token, EventType.tool_result, _tool_result_data(result))
-                conversation.append(
-                    {"role": "tool", "tool_call_id": result.call_id, "content": result.output}
-                )
-
-        self._fail(
-            turn,
-            token,
-            f"no final reply after max_iterations={agent.max_iterations} model calls; "
-            "raise the agent's max_iterations or simplify the request",
-        )
-
-    def _load_conversation(self, turn: Turn) -> tuple[Agent, list[dict[str, Any]]]:
-        with self._db.read() as db:
-            session = db.get(AgentSession, turn.session_id)
-            assert session is not None
-            agent = db.get(Agent, session.agent_id)
-            assert agent is not None
-            history = db.exec(
-                select(Message)
-                .where(Message.session_id == turn.session_id)
-                .where(col(Message.id) <= turn.message_id)
-                .order_by(col(Message.id).desc())
-                .limit(HISTORY_LIMIT)
-            ).all()
-        conversation: list[dict[str, Any]] = []
-        if agent.system_prompt:
-            conversation.append({"role": "system", "content": agent.system_prompt})
-        conversation += [{"role": m.role, "content": m.content} for m in reversed(history)]
-        return agent, conversation
-
-    def _checkpoint(self, turn: Turn, token: int, keeper: LeaseKeeper) -> None:
-        """Stop here if the lease is gone, the worker is stopping or a cancel came in."""
-        if keeper.lost.is_set():
-            raise LeaseLost(f"lease on session {turn.session_id!r} lost", token=token)
-        with self._db.read() as db:
-            cancel_requested = db.exec(
-                select(Turn.cancel_requested).where(Turn.id == turn.id)
-            ).one()
-        if cancel_requested:
-            with self._fenced(turn.session_id, token) as db:
-                current = turns.get_turn(db, turn.id)
-                turns.finish_turn(db, current, TurnStatus.cancelled, error="cancelled")
-            raise TurnCancelled(turn.id)
-        if self._stopping.is_set():
-            with self._fenced(turn.session_id, token) as db:
-                turns.requeue_turn(db, turns.get_turn(db, turn.id), "worker stopping")
-            raise HandBack(turn.id)
-
-    def _finish(self, turn: Turn, token: int, reply: ModelReply, model_name: str) -> None:
-        with self._fenced(turn.session_id, token) as db:
-            current = turns.get_turn(db, turn.id)
-            self._add_model_call(db, current, reply, model_name)
-            # A cancel that came in during the model call wins over the reply: the user
-            # asked for it before they could see the answer.
-            cancelled = current.cancel_requested
-            if cancelled:
-                turns.finish_turn(db, current, TurnStatus.cancelled, error="cancelled")
-            else:
-                turns.record_reply(db, current, reply.content)
-        if cancelled:
-            raise TurnCancelled(turn.id)
-        log.info("turn succeeded")
-
-    def _fail(self, turn: Turn, token: int, error: str) -> None:
-        with self._fenced(turn.session_id, token) as db:
-            turns.finish_turn(db, turns.get_turn(db, turn.id), TurnStatus.failed, error=error)
-        log.warning("turn failed", error=error)
-
-    def _record_model_call(
-        self, turn: Turn, token: int, reply: ModelReply, model_name: str
-    ) -> None:
-        with self._fenced(turn.session_id, token) as db:
-            self._add_model_call(db, turns.get_turn(db, turn.id), reply, model_name)
-
-    def _add_model_call(self, db: Any, turn: Turn, reply: ModelReply, model_name: str) -> None:
-        turns.set_usage(db, turn, reply.prompt_tokens, reply.completion_tokens)
-        append_event(
-            db,
-            turn.session_id,
-            EventType.model_called,
-            {
-                "model": model_name,
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "tool_calls": len(reply.tool_calls),
-            },
-            turn_id=turn.id,
-        )
-
-    def _record(self, turn: Turn, token: int, event: EventType, data: dict[str, Any]) -> None:
-        with self._fenced(turn.session_id, token) as db:
-            append_event(db, turn.session_id, event, data, turn_id=turn.id)
+        scope = _Scope(self, turn, token, keeper)
+        self._loop.run(turn, scope)
 
     @contextmanager
-    def _fenced(self, session_id: str, token: int) -> Iterator[Any]:
+    def _fenced(self, session_id: str, token: int) -> Iterator[Session]:
         with self._db.write() as db:
             self._lock.fence(db, session_id, token)
             yield db
@@ -305,21 +184,123 @@ class TurnRunner:
             return turns.has_active_turn(db, session_id)
 
 
-def _assistant_tool_message(reply: ModelReply) -> dict[str, Any]:
-    return {
-        "role": "assistant",
-        "content": reply.content or None,
-        "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in reply.tool_calls
-        ],
-    }
+class _Scope:
+    """Fenced writes and safe-point checks for one running turn (see TurnScope)."""
 
+    def __init__(self, runner: TurnRunner, turn: Turn, token: int, keeper: LeaseKeeper):
+        self._runner = runner
+        self._turn = turn
+        self._token = token
+        self._keeper = keeper
+        self._first_check = True
+        self._last_seq = 0
 
-def _tool_result_data(result: ToolResult) -> dict[str, Any]:
-    return {
-        "call_id": result.call_id,
-        "name": result.name,
-        "ok": result.ok,
-        "output": result.output,
-    }
+    def checkpoint(self) -> None:
+        if self._keeper.lost.is_set():
+            raise LeaseLost(f"lease on session {self._turn.session_id!r} lost", token=self._token)
+        if self._runner._stopping.is_set():
+            with self._fenced() as db:
+                turns.requeue_turn(db, self._current(db), "worker stopping")
+            raise HandBack(self._turn.id)
+        # The turn was checked for a cancel when it started, under the same lease.
+        if self._first_check:
+            self._first_check = False
+            return
+        with self._runner._db.read() as db:
+            cancel_requested = db.exec(
+                select(Turn.cancel_requested).where(Turn.id == self._turn.id)
+            ).one()
+        if cancel_requested:
+            self._cancel()
+
+    def record(self, event: EventType, data: dict[str, Any]) -> None:
+        with self._fenced() as db:
+            self._last_seq = append_event(
+                db, self._turn.session_id, event, data, turn_id=self._turn.id
+            ).seq
+
+    def record_model_call(self, reply: ModelReply, model_name: str) -> None:
+        with self._fenced() as db:
+            self._add_model_call(db, self._current(db), reply, model_name)
+
+    def finish(self, content: str, reply: ModelReply, model_name: str) -> None:
+        with self._fenced() as db:
+            current = self._current(db)
+            self._add_model_call(db, current, reply, model_name)
+            # A cancel that came in during the model call wins over the reply: the user
+            # asked for it before they could see the answer.
+            cancelled = current.cancel_requested
+            if cancelled:
+                turns.finish_turn(db, current, TurnStatus.cancelled, error="cancelled")
+            else:
+                turns.record_reply(db, current, content)
+                self._after_success(db, current)
+        if cancelled:
+            raise TurnCancelled(self._turn.id)
+        log.info("turn succeeded")
+
+    def fail(self, error: str) -> None:
+        with self._fenced() as db:
+            turns.finish_turn(db, self._current(db), TurnStatus.failed, error=error)
+        log.warning("turn failed", error=error)
+
+    def end_tick(self) -> None:
+        with self._fenced() as db:
+            session = db.get(AgentSession, self._turn.session_id)
+            assert session is not None
+            agent = db.get(Agent, session.agent_id)
+            assert agent is not None
+            agent.status = AgentStatus.ended.value
+            session.next_wake_at = None
+            db.add_all([agent, session])
+            append_event(
+                db, session.id, EventType.agent_ended, {"agent_id": agent.id}, turn_id=self._turn.id
+            )
+        log.info("tick loop ended by the agent")
+
+    def publish_delta(self, text: str) -> None:
+        self._runner._publisher.publish(
+            self._turn.session_id,
+            {
+                "type": EventType.turn_delta.value,
+                "session_id": self._turn.session_id,
+                "turn_id": self._turn.id,
+                "after_seq": self._last_seq,
+                "text": text,
+            },
+        )
+
+    def _after_success(self, db: Session, turn: Turn) -> None:
+        session = db.get(AgentSession, turn.session_id)
+        assert session is not None
+        agent = db.get(Agent, session.agent_id)
+        assert agent is not None
+        after_turn(db, session, agent, turn, self._runner._clock.now())
+
+    def _cancel(self) -> None:
+        with self._fenced() as db:
+            turns.finish_turn(db, self._current(db), TurnStatus.cancelled, error="cancelled")
+        raise TurnCancelled(self._turn.id)
+
+    def _current(self, db: Session) -> Turn:
+        return turns.get_turn(db, self._turn.id)
+
+    def _add_model_call(self, db: Session, turn: Turn, reply: ModelReply, name: str) -> None:
+        turns.set_usage(db, turn, reply.prompt_tokens, reply.completion_tokens)
+        self._last_seq = append_event(
+            db,
+            turn.session_id,
+            EventType.model_called,
+            {
+                "model": name,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "tool_calls": len(reply.tool_calls),
+            },
+            turn_id=turn.id,
+        ).seq
+
+    @contextmanager
+    def _fenced(self) -> Iterator[Session]:
+        with self._runner._fenced(self._turn.session_id, self._token) as db:
+            yield db

@@ -13,3 +13,9 @@ class AgentNameTaken(ConflictError):
 
 class AgentInUse(ConflictError):
     code = "agent_in_use"
+
+
+class AgentNotActive(ConflictError):
+    """The agent was stopped (or ended its tick loop) and runs nothing until started."""
+
+    code = "agent_not_active"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from shared.agents.errors import AgentInUse, AgentNameTaken, AgentNotFound
-from shared.agents.models import Agent, AgentCreate, AgentUpdate
+from shared.agents.errors import AgentInUse, AgentNameTaken, AgentNotActive, AgentNotFound
+from shared.agents.models import Agent, AgentCreate, AgentMode, AgentStatus, AgentUpdate
 from shared.clock import utcnow
 from shared.ids import IdGenerator, ids
 
@@ -85,4 +85,50 @@ def _ensure_name_free(db: Session, name: str) -> None:
         raise AgentNameTaken(
             f"an agent named {name!r} exists already ({taken}); choose another name",
             name=name,
+        )
+
+
+def stop_agent(db: Session, agent_id: str) -> Agent:
+    """Stop an agent: no more automatic turns, and its pending turns are cancelled."""
+    from shared.sessions.models import AgentSession
+    from shared.turns.service import cancel_session_turns
+
+    agent = get_agent(db, agent_id)
+    agent.status = AgentStatus.stopped.value
+    agent.updated_at = utcnow()
+    db.add(agent)
+    sessions = db.exec(select(AgentSession).where(AgentSession.agent_id == agent_id)).all()
+    for session in sessions:
+        session.next_wake_at = None
+        db.add(session)
+        cancel_session_turns(db, session.id, reason="agent stopped")
+    db.flush()
+    return agent
+
+
+def start_agent(db: Session, agent_id: str, now: float) -> Agent:
+    """Let a stopped or ended agent run again; a tick agent ticks at once."""
+    from shared.sessions.models import AgentSession
+
+    agent = get_agent(db, agent_id)
+    agent.status = AgentStatus.active.value
+    agent.updated_at = utcnow()
+    db.add(agent)
+    if agent.mode == AgentMode.tick:
+        sessions = db.exec(select(AgentSession).where(AgentSession.agent_id == agent_id)).all()
+        for session in sessions:
+            session.next_wake_at = now
+            db.add(session)
+    db.flush()
+    return agent
+
+
+def ensure_active(agent: Agent) -> None:
+    """Raise AgentNotActive unless the agent may run turns."""
+    if agent.status != AgentStatus.active:
+        raise AgentNotActive(
+            f"agent {agent.name!r} is {agent.status}; start it with "
+            f"POST /api/agents/{agent.id}/start",
+            agent_id=agent.id,
+            status=agent.status,
         )

@@ -28,6 +28,7 @@ class EventType(StrEnum):
     turn_queued = "turn.queued"
     turn_started = "turn.started"
     turn_cancel_requested = "turn.cancel_requested"
+    context_injected = "context.injected"
     model_called = "model.called"
     tool_called = "tool.called"
     tool_result = "tool.result"
@@ -35,6 +36,9 @@ class EventType(StrEnum):
     turn_succeeded = "turn.succeeded"
     turn_failed = "turn.failed"
     turn_cancelled = "turn.cancelled"
+    agent_ended = "agent.ended"
+    #: Live only, never persisted: a piece of reply text as the model streams it.
+    turn_delta = "turn.delta"
 
 
 class Event(SQLModel, table=True):

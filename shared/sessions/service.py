@@ -5,7 +5,9 @@ from __future__ import annotations
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
+from shared.agents.models import AgentMode, AgentStatus
 from shared.agents.service import find_agent
+from shared.clock import Clock, system_clock
 from shared.ids import IdGenerator, ids
 from shared.sessions.errors import SessionNotFound
 from shared.sessions.models import AgentSession, BusyPolicy, Message, SessionCreate
@@ -18,8 +20,12 @@ def create_session(
     *,
     default_policy: BusyPolicy = BusyPolicy.enqueue,
     id_gen: IdGenerator = ids,
+    clock: Clock = system_clock,
 ) -> AgentSession:
-    """Add a session for an agent given by id or name."""
+    """Add a session for an agent given by id or name.
+
+    A session of an active tick agent gets its first tick at once.
+    """
     agent = find_agent(db, spec.agent_id)
     session = AgentSession(
         id=id_gen.new("ses"),
@@ -27,6 +33,8 @@ def create_session(
         title=spec.title,
         busy_policy=(spec.busy_policy or default_policy).value,
     )
+    if agent.mode == AgentMode.tick and agent.status == AgentStatus.active:
+        session.next_wake_at = clock.now()
     db.add(session)
     db.add(SessionLease(session_id=session.id))
     db.flush()

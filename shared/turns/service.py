@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from shared.agents.models import Agent
+from shared.agents.service import ensure_active
 from shared.clock import utcnow
 from shared.events.models import EventType
 from shared.events.service import append_event
@@ -51,6 +53,10 @@ def submit_message(
         if earlier is not None:
             return _replay(db, earlier, content)
 
+    agent = db.get(Agent, session.agent_id)
+    assert agent is not None
+    ensure_active(agent)
+
     active = _active_turn(db, session_id)
     if active is not None and session.busy_policy == BusyPolicy.reject:
         raise SessionBusy(
@@ -63,6 +69,8 @@ def submit_message(
         _request_cancel_all(db, session_id)
 
     session.turn_count += 1
+    # A user message restarts the autonomous budget of continuation turns.
+    session.auto_turns = 0
     session.updated_at = utcnow()
     message = Message(
         id=id_gen.new("msg"),
@@ -196,6 +204,11 @@ def _active_turn(db: Session, session_id: str) -> Turn | None:
 
 
 def _request_cancel_all(db: Session, session_id: str) -> None:
+    cancel_session_turns(db, session_id, reason="interrupted by a newer message")
+
+
+def cancel_session_turns(db: Session, session_id: str, *, reason: str) -> None:
+    """Cancel the session's queued turns and ask its running turn to stop."""
     running = db.exec(
         select(Turn)
         .where(Turn.session_id == session_id)
@@ -203,7 +216,7 @@ def _request_cancel_all(db: Session, session_id: str) -> None:
     ).all()
     for turn in running:
         if turn.status == TurnStatus.queued:
-            finish_turn(db, turn, TurnStatus.cancelled, error="interrupted by a newer message")
+            finish_turn(db, turn, TurnStatus.cancelled, error=reason)
             continue
         if not turn.cancel_requested:
             turn.cancel_requested = True
@@ -212,7 +225,7 @@ def _request_cancel_all(db: Session, session_id: str) -> None:
                 db,
                 session_id,
                 EventType.turn_cancel_requested,
-                {"reason": "interrupted by a newer message"},
+                {"reason": reason},
                 turn_id=turn.id,
             )
 

@@ -108,9 +108,14 @@ class FakeOpenAI:
                     with fake._lock:
                         fake._active[key] -= 1
                     call.finished = time.time()
-                data = json.dumps(payload).encode()
+                if body.get("stream") and status == 200:
+                    data = _as_event_stream(payload)
+                    content_type = "text/event-stream"
+                else:
+                    data = json.dumps(payload).encode()
+                    content_type = "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -128,6 +133,28 @@ def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) ->
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
     }
+
+
+def _as_event_stream(payload: dict[str, Any]) -> bytes:
+    """Split a completion into ``chat.completion.chunk`` events, two text pieces each."""
+    message = payload["choices"][0]["message"]
+    content = message.get("content") or ""
+    half = len(content) // 2
+    deltas: list[dict[str, Any]] = [{"role": "assistant"}]
+    deltas += [{"content": piece} for piece in (content[:half], content[half:]) if piece]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        deltas.append({"tool_calls": [{
+            "index": index, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"],
+                         "arguments": call["function"]["arguments"]},
+        }]})
+    chunks = [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+        for delta in deltas
+    ]
+    chunks.append({"object": "chat.completion.chunk", "choices": [], "usage": payload["usage"]})
+    lines = [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
+    return "".join(lines).encode()
 
 
 def _last_user(body: dict[str, Any]) -> str:
