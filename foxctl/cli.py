@@ -161,7 +161,9 @@ def worker(queues: tuple[str, ...], processes: int, threads: int) -> None:
     ]
     if queues:
         argv += ["--queues", *queues]
-    os.execv(sys.executable, argv)
+    # Dramatiq reads its idle poll interval from this variable at import time.
+    environment = {**os.environ, "dramatiq_worker_timeout": str(settings.worker_poll_ms)}
+    os.execve(sys.executable, argv, environment)
 
 
 @main.command()

@@ -34,11 +34,14 @@ def _make_postgres_engine(settings: Settings) -> Engine:
     connect_args: dict[str, Any] = {"connect_timeout": 5}
     if settings.postgres_pgbouncer:
         connect_args["prepare_threshold"] = None
+    # No pre-ping: it costs a round trip per transaction. A connection that died (a
+    # database restart) fails one unit of work with UnavailableError, which requests
+    # report as 503 and actors retry; recycling bounds how old a connection gets.
     return create_engine(
         settings.database_url,
         pool_size=settings.postgres_max_conns,
         max_overflow=0,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         pool_timeout=10,
         connect_args=connect_args,
     )

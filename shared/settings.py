@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     turn_max_retries: int = Field(default=3, ge=0, le=20)
     turn_time_limit_s: int = Field(default=900, ge=1)
     worker_shutdown_timeout_s: int = Field(default=25, ge=1)
+    # Longest pause between polls of an idle queue; lower means faster pickup of new
+    # turns and more Redis commands while idle.
+    worker_poll_ms: int = Field(default=100, ge=10, le=10_000)
     default_busy_policy: BusyPolicy = "enqueue"
 
     # Model provider (the agent-runtime work adds more providers).

@@ -18,12 +18,28 @@ def append_event(
     data: dict[str, Any] | None = None,
     *,
     turn_id: str | None = None,
+    locked: AgentSession | None = None,
 ) -> Event:
     """Add an event with the session's next sequence number.
 
     Bumping the counter takes the session row's lock until commit, so events of one
-    session get gap-free numbers in commit order.
+    session get gap-free numbers in commit order. A caller that already holds the row
+    lock passes the row as ``locked``, and the counter is bumped in memory instead.
     """
+    if locked is not None:
+        locked.event_count += 1
+        seq = locked.event_count
+        db.add(locked)
+    else:
+        seq = _next_seq(db, session_id)
+    event = Event(
+        session_id=session_id, seq=seq, turn_id=turn_id, type=event_type.value, data=data or {}
+    )
+    db.add(event)
+    return event
+
+
+def _next_seq(db: Session, session_id: str) -> int:
     sessions = AgentSession.__table__  # type: ignore[attr-defined]
     seq: int = db.exec(
         update(sessions)
@@ -31,11 +47,7 @@ def append_event(
         .values(event_count=sessions.c.event_count + 1)
         .returning(sessions.c.event_count)
     ).scalar_one()
-    event = Event(
-        session_id=session_id, seq=seq, turn_id=turn_id, type=event_type.value, data=data or {}
-    )
-    db.add(event)
-    return event
+    return seq
 
 
 def list_events(

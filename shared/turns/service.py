@@ -19,7 +19,7 @@ from shared.events.models import EventType
 from shared.events.service import append_event
 from shared.ids import IdGenerator, ids
 from shared.sessions.errors import IdempotencyKeyReused, SessionBusy
-from shared.sessions.models import BusyPolicy, Message, MessageRole
+from shared.sessions.models import AgentSession, BusyPolicy, Message, MessageRole
 from shared.sessions.service import get_session
 from shared.turns.errors import TurnFinished, TurnNotFound
 from shared.turns.models import ACTIVE_STATUSES, Turn, TurnStatus
@@ -46,27 +46,30 @@ def submit_message(
     commit order and the busy-policy check sees every earlier post.
     Raises SessionBusy (policy ``reject``) and IdempotencyKeyReused.
     """
-    session = get_session(db, session_id, for_update=True)
+    session, agent = _lock_session_with_agent(db, session_id)
 
     if idempotency_key is not None:
         earlier = _find_by_idempotency_key(db, session_id, idempotency_key)
         if earlier is not None:
             return _replay(db, earlier, content)
 
-    agent = db.get(Agent, session.agent_id)
-    assert agent is not None
     ensure_active(agent)
-
-    active = _active_turn(db, session_id)
-    if active is not None and session.busy_policy == BusyPolicy.reject:
+    policy = session.busy_policy
+    # With the default policy a running turn changes nothing, so skip the lookup.
+    active = _active_turn(db, session_id) if policy != BusyPolicy.enqueue else None
+    if active is not None and policy == BusyPolicy.reject:
         raise SessionBusy(
             f"session {session_id!r} is running turn {active.id!r} and its policy is "
             "'reject'; wait for the turn to finish, cancel it, or change the policy",
             session_id=session_id,
             turn_id=active.id,
         )
-    if active is not None and session.busy_policy == BusyPolicy.interrupt:
+    if active is not None and policy == BusyPolicy.interrupt:
         _request_cancel_all(db, session_id)
+        # The cancel events bumped the counter in the database; the in-memory count
+        # used below must start from there.
+        db.flush()
+        db.refresh(session, ["event_count"])
 
     session.turn_count += 1
     # A user message restarts the autonomous budget of continuation turns.
@@ -87,10 +90,30 @@ def submit_message(
     )
     message.turn_id = turn.id
     db.add_all([session, message, turn])
-    append_event(db, session_id, EventType.message_created, _message_data(message), turn_id=turn.id)
-    append_event(db, session_id, EventType.turn_queued, {"number": turn.number}, turn_id=turn.id)
+    append_event(
+        db, session_id, EventType.message_created, _message_data(message), turn_id=turn.id,
+        locked=session,
+    )
+    append_event(
+        db, session_id, EventType.turn_queued, {"number": turn.number}, turn_id=turn.id,
+        locked=session,
+    )
     db.flush()
     return Submission(message=message, turn=turn, replayed=False)
+
+
+def _lock_session_with_agent(db: Session, session_id: str) -> tuple[AgentSession, Agent]:
+    """Lock the session row and read its agent in one round trip."""
+    row = db.exec(
+        select(AgentSession, Agent)
+        .join(Agent, col(Agent.id) == col(AgentSession.agent_id))
+        .where(AgentSession.id == session_id)
+        .with_for_update(of=AgentSession)
+    ).first()
+    if row is None:
+        get_session(db, session_id)  # raises SessionNotFound with the usual message
+    assert row is not None
+    return row[0], row[1]
 
 
 def get_turn(db: Session, turn_id: str, *, for_update: bool = False) -> Turn:
