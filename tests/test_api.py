@@ -155,6 +155,8 @@ BAD_BODIES = [
     ("empty content", b'{"content": ""}', 422, "invalid_body"),
     ("not an object", b'["hi"]', 422, "invalid_body"),
     ("empty body", b"", 400, "empty_body"),
+    ("blank content", b'{"content": "  \\n "}', 422, "invalid_body"),
+    ("NUL character", b'{"content": "a\\u0000b"}', 422, "invalid_body"),
 ]
 
 
@@ -188,6 +190,29 @@ def test_invalid_body_names_field(foxctl: Harness) -> None:
     assert result.status_code == 422
     assert result.json["error"]["details"]["problems"][0]["field"] == "role"
     assert "role" in result.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "nul", "role": "coder", "system_prompt": "a\u0000b"},
+        {"name": "inf", "role": "coder", "model_settings": {"temperature": float("inf")}},
+        {"name": "nan", "role": "coder", "model_settings": {"nested": [float("nan")]}},
+    ],
+    ids=["nul-prompt", "infinite-setting", "nan-setting"],
+)
+def test_unstorable_agent_fields_get_422(foxctl: Harness, body: dict[str, object]) -> None:
+    import json
+
+    result = foxctl.call(
+        "POST",
+        "/api/agents",
+        body=json.dumps(body, allow_nan=True),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert result.status_code == 422
+    assert row_counts(foxctl.db)["Agent"] == 0
 
 
 def test_oversize_body_gets_413(foxctl: Harness) -> None:

@@ -71,3 +71,11 @@ def test_legacy_cas_keys_warn(caplog: pytest.LogCaptureFixture) -> None:
     load_settings({"FOXCTL_CAS_BACKEND": "s3"})
 
     assert "FOXCTL_CAS_BACKEND is deprecated; use FOXCTL_CAS_DRIVER" in caplog.text
+
+
+def test_invalid_broker_url_hides_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"FOXCTL_BROKER_URL": "http://user:hunter2@cache:6379/0"})
+
+    assert "hunter2" not in str(caught.value)
+    assert "user:***@cache" in str(caught.value)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from shared.clock import ManualClock
 from shared.db import Database
 from shared.settings import Settings
 from shared.turns.models import SessionLease
@@ -376,13 +377,26 @@ def test_reconciler_recovers_lost_wake_up(foxctl: Harness) -> None:
     session_id = foxctl.create_session()
     turn_id = foxctl.post(session_id, "hello").json["turn_id"]
     foxctl.wake_ups()  # the broker loses the message
-    reconciler = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1)
+    clock = ManualClock(time.time() + 2)
+    reconciler = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1, clock=clock)
 
     recovered = reconciler.reconcile_once()
+    again = reconciler.reconcile_once()
     foxctl.run_pending()
 
     assert recovered == 1
+    assert again == 0
     assert foxctl.turn(turn_id)["status"] == "succeeded"
+
+
+def test_reconciler_leaves_fresh_turn_alone(foxctl: Harness) -> None:
+    session_id = foxctl.create_session()
+    foxctl.post(session_id, "hello")
+    foxctl.wake_ups()
+
+    recovered = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=60).reconcile_once()
+
+    assert recovered == 0
 
 
 def test_reconciler_skips_session_with_live_lease(foxctl: Harness) -> None:
@@ -391,7 +405,38 @@ def test_reconciler_skips_session_with_live_lease(foxctl: Harness) -> None:
     foxctl.wake_ups()
     foxctl.lock.claim(session_id, "busy-worker")
 
-    recovered = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1).reconcile_once()
+    clock = ManualClock(time.time() + 2)
 
-    assert recovered == 0
+    reconciler = Reconciler(foxctl.db, foxctl.enqueuer, interval_s=1, clock=clock)
+
+    assert reconciler.reconcile_once() == 0
     assert foxctl.wake_ups() == []
+
+
+def test_unexpected_error_fails_turn_once(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    turn_id = foxctl.post(session_id, "tool:fs_list_dir look").json["turn_id"]
+
+    def broken_tool(allowed, call):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug in a tool")
+
+    foxctl.runner._loop._tools.run = broken_tool  # type: ignore[method-assign]
+    foxctl.run_pending()
+
+    turn = foxctl.turn(turn_id)
+    assert turn["status"] == "failed"
+    assert turn["error"] == "internal error: RuntimeError"
+    assert len(fake_model.calls) == 1
+
+
+def test_queued_follow_up_sees_previous_reply(foxctl: Harness, fake_model: FakeOpenAI) -> None:
+    session_id = foxctl.create_session()
+    foxctl.post(session_id, "first")
+    foxctl.post(session_id, "second")
+
+    foxctl.run_pending()
+
+    sent = fake_model.calls[-1].body["messages"]
+    listed = [m["content"] for m in foxctl.messages(session_id)]
+    assert [m["content"] for m in sent[1:]] == ["first", "echo: first", "second"]
+    assert listed == ["first", "echo: first", "second", "echo: second"]

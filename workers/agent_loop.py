@@ -158,11 +158,13 @@ class AgentLoop:
             assert session is not None
             agent = db.get(Agent, session.agent_id)
             assert agent is not None
+            # Earlier turns with their replies, then this turn's own message; messages of
+            # turns queued after this one are left out.
             rows = db.exec(
                 select(Message)
                 .where(Message.session_id == turn.session_id)
-                .where(col(Message.id) <= turn.message_id)
-                .order_by(col(Message.id).desc())
+                .where(col(Message.position) <= 2 * turn.number - 1)
+                .order_by(col(Message.position).desc())
                 .limit(HISTORY_LIMIT)
             ).all()
         history = [{"role": m.role, "content": m.content} for m in reversed(rows)]

@@ -31,12 +31,14 @@ class Reconciler:
         self._thread: threading.Thread | None = None
 
     def reconcile_once(self) -> int:
-        """Wake every session that has unfinished turns and no live lease; return the count.
+        """Wake sessions that have unfinished turns and no live lease; return the count.
 
-        Several reconcilers may wake the same session: the lease lets one run it.
+        A turn younger than one interval is left alone, because its own wake-up may still
+        be on the way. Reconcilers in other processes skip a session woken in the last
+        interval; if two wake it anyway, the lease lets one run it.
         """
-        with self._db.read() as db:
-            session_ids = sessions_needing_work(db, self._clock.now())
+        with self._db.write() as db:
+            session_ids = sessions_needing_work(db, self._clock.now(), quiet_s=self._interval_s)
         for session_id in session_ids:
             self._enqueuer.wake_session(session_id)
         if session_ids:

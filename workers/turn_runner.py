@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from shared.agents.models import Agent, AgentStatus
 from shared.clock import Clock, system_clock
 from shared.db import Database
+from shared.errors import UnavailableError
 from shared.events.live import EventPublisher, NullPublisher
 from shared.events.models import EventType
 from shared.events.service import append_event
@@ -35,6 +39,10 @@ class TurnCancelled(Exception):
 
 class HandBack(Exception):
     """The worker is stopping; the turn goes back to the queue for another worker."""
+
+
+class TurnEnded(Exception):
+    """The turn was recorded as failed at a safe point (its time limit passed)."""
 
 
 class LeaseKeeper:
@@ -91,6 +99,7 @@ class TurnRunner:
         publisher: EventPublisher | None = None,
         clock: Clock = system_clock,
         max_attempts: int = 3,
+        time_limit_s: float = 900.0,
     ) -> None:
         self._db = db
         self._lock = lock
@@ -101,6 +110,7 @@ class TurnRunner:
         self._publisher = publisher or NullPublisher()
         self._clock = clock
         self._max_attempts = max_attempts
+        self._time_limit_s = time_limit_s
 
     def run_session(self, session_id: str) -> None:
         """Run the session's next queued turn, then wake the session again if more wait.
@@ -125,6 +135,7 @@ class TurnRunner:
 
     def _run_with_lease(self, session_id: str, token: int) -> None:
         try:
+            # Three beats per lease: one missed beat (a pause, a slow commit) keeps it.
             with LeaseKeeper(self._lock, session_id, token, self._lock.ttl_s / 3) as keeper:
                 self._run_next(session_id, token, keeper)
         except LeaseLost:
@@ -145,6 +156,24 @@ class TurnRunner:
                 log.info("turn cancelled")
             except HandBack:
                 log.info("turn handed back: worker is stopping")
+            except TurnEnded:
+                pass
+            except (LeaseLost, UnavailableError, SQLAlchemyError):
+                # Infrastructure trouble: the actor retries, and the turn runs again.
+                raise
+            except TimeLimitExceeded:
+                self._fail_quietly(turn, token, "the turn exceeded the worker's time limit")
+            except Exception as error:
+                # A bug or an unexpected tool failure: re-running would repeat the model
+                # calls and tool effects, so the turn ends here.
+                log.exception("turn failed with an unexpected error")
+                self._fail_quietly(turn, token, f"internal error: {type(error).__name__}")
+
+    def _fail_quietly(self, turn: Turn, token: int, error: str) -> None:
+        with self._fenced(turn.session_id, token) as db:
+            current = turns.get_turn(db, turn.id)
+            if current.status == TurnStatus.running:
+                turns.finish_turn(db, current, TurnStatus.failed, error=error)
 
     def _start_next(self, session_id: str, token: int) -> Turn | None:
         with self._db.write() as db:
@@ -170,7 +199,7 @@ class TurnRunner:
         return None
 
     def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper) -> None:
-        scope = _Scope(self, turn, token, keeper)
+        scope = _Scope(self, turn, token, keeper, deadline=time.monotonic() + self._time_limit_s)
         self._loop.run(turn, scope)
 
     @contextmanager
@@ -187,8 +216,11 @@ class TurnRunner:
 class _Scope:
     """Fenced writes and safe-point checks for one running turn (see TurnScope)."""
 
-    def __init__(self, runner: TurnRunner, turn: Turn, token: int, keeper: LeaseKeeper):
+    def __init__(
+        self, runner: TurnRunner, turn: Turn, token: int, keeper: LeaseKeeper, *, deadline: float
+    ):
         self._runner = runner
+        self._deadline = deadline
         self._turn = turn
         self._token = token
         self._keeper = keeper
@@ -202,6 +234,9 @@ class _Scope:
             with self._fenced() as db:
                 turns.requeue_turn(db, self._current(db), "worker stopping")
             raise HandBack(self._turn.id)
+        if time.monotonic() > self._deadline:
+            self.fail("the turn took longer than FOXCTL_TURN_TIME_LIMIT_S and was stopped")
+            raise TurnEnded(self._turn.id)
         # The turn was checked for a cancel when it started, under the same lease.
         if self._first_check:
             self._first_check = False
@@ -286,7 +321,7 @@ class _Scope:
         return turns.get_turn(db, self._turn.id)
 
     def _add_model_call(self, db: Session, turn: Turn, reply: ModelReply, name: str) -> None:
-        turns.set_usage(db, turn, reply.prompt_tokens, reply.completion_tokens)
+        turns.add_usage(db, turn, reply.prompt_tokens, reply.completion_tokens)
         self._last_seq = append_event(
             db,
             turn.session_id,

@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from shared.clock import utcnow
 from shared.timestamps import UtcDateTime
+from shared.validation import JsonObject, StoredText
 
 
 class AgentRole(StrEnum):
@@ -87,9 +88,9 @@ class AgentCreate(BaseModel):
 
     name: str = PydanticField(min_length=1, max_length=100, pattern=_NAME_PATTERN)
     role: AgentRole
-    system_prompt: str = PydanticField(default="", max_length=100_000)
-    model: str | None = PydanticField(default=None, min_length=1, max_length=200)
-    model_settings: dict[str, Any] = PydanticField(default_factory=dict)
+    system_prompt: StoredText = PydanticField(default="", max_length=100_000)
+    model: StoredText | None = PydanticField(default=None, min_length=1, max_length=200)
+    model_settings: JsonObject = PydanticField(default_factory=dict)
     tool_profile: ToolProfile = "default"
     tools: list[ToolName] | None = None
     max_iterations: int = PydanticField(default=8, ge=1, le=100)
@@ -109,9 +110,9 @@ class AgentUpdate(BaseModel):
         default=None, min_length=1, max_length=100, pattern=_NAME_PATTERN
     )
     role: AgentRole | None = None
-    system_prompt: str | None = PydanticField(default=None, max_length=100_000)
-    model: str | None = PydanticField(default=None, min_length=1, max_length=200)
-    model_settings: dict[str, Any] | None = None
+    system_prompt: StoredText | None = PydanticField(default=None, max_length=100_000)
+    model: StoredText | None = PydanticField(default=None, min_length=1, max_length=200)
+    model_settings: JsonObject | None = None
     tool_profile: ToolProfile | None = None
     tools: list[ToolName] | None = None
     max_iterations: int | None = PydanticField(default=None, ge=1, le=100)

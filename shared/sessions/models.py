@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from shared.clock import utcnow
 from shared.timestamps import UtcDateTime
+from shared.validation import NonBlankText, StoredText
 
 
 class BusyPolicy(StrEnum):
@@ -53,6 +54,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("session_id", "idempotency_key", name="uq_messages_idempotency"),
         Index("ix_messages_session_created", "session_id", "created_at"),
+        Index("ix_messages_session_position", "session_id", "position"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -62,6 +64,9 @@ class Message(SQLModel, table=True):
     role: str = Field(max_length=20)
     content: str = Field(sa_column=Column(Text, nullable=False))
     turn_id: str | None = Field(default=None, max_length=40)
+    # Order in the session: 2n-1 for the message that started turn n, 2n for its reply.
+    # A reply therefore sorts before messages posted while its turn ran.
+    position: int = Field(default=0)
     idempotency_key: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
@@ -69,15 +74,17 @@ class Message(SQLModel, table=True):
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    agent_id: str = PydanticField(min_length=1, max_length=100, description="agent id or name")
-    title: str = PydanticField(default="", max_length=200)
+    agent_id: StoredText = PydanticField(
+        min_length=1, max_length=100, description="agent id or name"
+    )
+    title: StoredText = PydanticField(default="", max_length=200)
     busy_policy: BusyPolicy | None = None
 
 
 class MessageCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    content: str = PydanticField(min_length=1, max_length=200_000)
+    content: NonBlankText = PydanticField(min_length=1, max_length=200_000)
 
 
 class SessionOut(BaseModel):
@@ -96,6 +103,7 @@ class MessageOut(BaseModel):
     role: MessageRole
     content: str
     turn_id: str | None
+    position: int
     created_at: datetime
 
 

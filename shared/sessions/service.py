@@ -71,8 +71,9 @@ def delete_session(db: Session, session_id: str) -> None:
     from shared.turns.models import Turn
 
     session = get_session(db, session_id, for_update=True)
-    # Explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys=ON, and
-    # an explicit order keeps PostgreSQL from checking each row twice.
+    # The session row is locked first, as in a worker's fenced write, so the delete of
+    # the lease row below cannot deadlock with a running turn. Explicit deletes: SQLite
+    # enforces ON DELETE CASCADE only with foreign_keys=ON.
     for table in (Event, Message, Turn, SessionLease):
         db.exec(delete(table).where(col(table.session_id) == session_id))
     db.delete(session)
@@ -80,16 +81,16 @@ def delete_session(db: Session, session_id: str) -> None:
 
 
 def list_messages(
-    db: Session, session_id: str, *, limit: int = 100, after: str | None = None
+    db: Session, session_id: str, *, limit: int = 100, after: int | None = None
 ) -> list[Message]:
+    """List messages in conversation order; ``after`` is a position from an earlier page."""
     get_session(db, session_id)
     query = (
         select(Message)
         .where(Message.session_id == session_id)
-        # Ids start with a millisecond timestamp, so id order is creation order.
-        .order_by(col(Message.id))
+        .order_by(col(Message.position))
         .limit(limit)
     )
     if after is not None:
-        query = query.where(col(Message.id) > after)
+        query = query.where(col(Message.position) > after)
     return list(db.exec(query))

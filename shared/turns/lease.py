@@ -15,13 +15,14 @@ NOTE: expiry compares the clocks of different hosts, so hosts need synchronised 
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from shared.clock import Clock, system_clock
 from shared.db import Database
+from shared.sessions.models import AgentSession
 from shared.turns.errors import LeaseLost
 from shared.turns.models import SessionLease
 
@@ -60,10 +61,15 @@ class SqlTurnLock:
     def fence(self, db: Session, session_id: str, token: int) -> None:
         """Check inside the caller's transaction that ``token`` still holds the lease.
 
-        The check also renews the lease and takes its row lock until commit, so no
-        claim can slip in between the check and the caller's writes.
-        Raises LeaseLost when the token is stale.
+        First it locks the session row, the lock that posts and cancels take, so what the
+        caller reads next includes every committed cancel and nothing changes under it.
+        Then it renews the lease, which locks the lease row until commit so that no claim
+        slips in. Every writer takes the session row before the lease row, so the two
+        orders cannot deadlock. Raises LeaseLost when the token is stale.
         """
+        sessions = AgentSession.__table__  # type: ignore[attr-defined]
+        lock_session = select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+        db.exec(lock_session)  # type: ignore[call-overload]
         if not self._extend(db, session_id, token):
             raise LeaseLost(
                 f"lease on session {session_id!r} moved past token {token}",

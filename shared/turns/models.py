@@ -86,6 +86,9 @@ class SessionLease(SQLModel, table=True):
     token: int = Field(default=0)
     # Seconds since the epoch, by the holder's clock.
     expires_at: float = Field(default=0.0, sa_column=Column(Float, nullable=False, default=0.0))
+    # When a reconciler last re-enqueued this session, so that it is not woken again
+    # before its wake-up had time to arrive.
+    woken_at: float | None = Field(default=None)
 
 
 class TurnOut(BaseModel):

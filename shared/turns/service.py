@@ -8,8 +8,10 @@ in the same transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from shared.agents.models import Agent
@@ -22,7 +24,7 @@ from shared.sessions.errors import IdempotencyKeyReused, SessionBusy
 from shared.sessions.models import AgentSession, BusyPolicy, Message, MessageRole
 from shared.sessions.service import get_session
 from shared.turns.errors import TurnFinished, TurnNotFound
-from shared.turns.models import ACTIVE_STATUSES, Turn, TurnStatus
+from shared.turns.models import ACTIVE_STATUSES, SessionLease, Turn, TurnStatus
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,11 @@ def submit_message(
     ensure_active(agent)
     policy = session.busy_policy
     # With the default policy a running turn changes nothing, so skip the lookup.
-    active = _active_turn(db, session_id) if policy != BusyPolicy.enqueue else None
+    active = next_turn(db, session_id) if policy != BusyPolicy.enqueue else None
     if active is not None and policy == BusyPolicy.reject:
         raise SessionBusy(
-            f"session {session_id!r} is running turn {active.id!r} and its policy is "
-            "'reject'; wait for the turn to finish, cancel it, or change the policy",
+            f"session {session_id!r} has turn {active.id!r} {active.status} and its policy "
+            "is 'reject'; wait for the turn to finish, cancel it, or change the policy",
             session_id=session_id,
             turn_id=active.id,
         )
@@ -89,13 +91,22 @@ def submit_message(
         message_id=message.id,
     )
     message.turn_id = turn.id
+    message.position = 2 * turn.number - 1
     db.add_all([session, message, turn])
     append_event(
-        db, session_id, EventType.message_created, _message_data(message), turn_id=turn.id,
+        db,
+        session_id,
+        EventType.message_created,
+        _message_data(message),
+        turn_id=turn.id,
         locked=session,
     )
     append_event(
-        db, session_id, EventType.turn_queued, {"number": turn.number}, turn_id=turn.id,
+        db,
+        session_id,
+        EventType.turn_queued,
+        {"number": turn.number},
+        turn_id=turn.id,
         locked=session,
     )
     db.flush()
@@ -134,7 +145,8 @@ def request_cancel(db: Session, turn_id: str) -> Turn:
     already ended.
     """
     turn = get_turn(db, turn_id)
-    # Lock the session row: the same lock the worker's fenced writes and new posts take.
+    # Lock the session row, which posts and the worker's fenced writes take first too,
+    # then read the turn again: a worker that started it has committed by now.
     get_session(db, turn.session_id, for_update=True)
     db.refresh(turn)
 
@@ -166,7 +178,7 @@ def next_turn(db: Session, session_id: str) -> Turn | None:
 
 
 def has_active_turn(db: Session, session_id: str) -> bool:
-    return _active_turn(db, session_id) is not None
+    return next_turn(db, session_id) is not None
 
 
 def start_turn(db: Session, turn: Turn) -> None:
@@ -196,6 +208,7 @@ def record_reply(db: Session, turn: Turn, content: str, *, id_gen: IdGenerator =
         role=MessageRole.assistant.value,
         content=content,
         turn_id=turn.id,
+        position=2 * turn.number,
     )
     db.add(reply)
     turn.reply_message_id = reply.id
@@ -220,10 +233,6 @@ def finish_turn(db: Session, turn: Turn, status: TurnStatus, *, error: str | Non
     if error is not None:
         data["error"] = error
     append_event(db, turn.session_id, event_type, data, turn_id=turn.id)
-
-
-def _active_turn(db: Session, session_id: str) -> Turn | None:
-    return next_turn(db, session_id)
 
 
 def _request_cancel_all(db: Session, session_id: str) -> None:
@@ -276,7 +285,7 @@ def _message_data(message: Message) -> dict[str, Any]:
     return {"message_id": message.id, "role": message.role, "content": message.content}
 
 
-def set_usage(db: Session, turn: Turn, prompt_tokens: int, completion_tokens: int) -> None:
+def add_usage(db: Session, turn: Turn, prompt_tokens: int, completion_tokens: int) -> None:
     """Add a model call's token usage to the turn."""
     turn.prompt_tokens += prompt_tokens
     turn.completion_tokens += completion_tokens
@@ -284,27 +293,43 @@ def set_usage(db: Session, turn: Turn, prompt_tokens: int, completion_tokens: in
     db.add(turn)
 
 
-def sessions_needing_work(db: Session, now: float, *, limit: int = 1000) -> list[str]:
-    """List sessions that have queued or running turns but no live lease.
+def sessions_needing_work(
+    db: Session, now: float, *, quiet_s: float, limit: int = 1000
+) -> list[str]:
+    """Pick sessions whose work was lost, and mark them woken.
 
-    These are sessions whose wake-up was lost (broker flushed) or whose worker died.
+    A session qualifies when it has a queued or running turn older than ``quiet_s``
+    seconds, no live lease, and no wake-up from a reconciler in the last ``quiet_s``
+    seconds. Marking them makes other reconcilers skip them for that long, so a backlog
+    is not multiplied by the number of worker processes.
     """
-    from shared.turns.models import SessionLease
-
     lease = SessionLease.__table__  # type: ignore[attr-defined]
-    query = (
+    settled = datetime.fromtimestamp(now - quiet_s, UTC)
+    candidates = (
         select(Turn.session_id)
         .join(lease, lease.c.session_id == Turn.session_id)
         .where(col(Turn.status).in_(ACTIVE_STATUSES))
+        .where(col(Turn.created_at) <= settled)
         .where((lease.c.holder.is_(None)) | (lease.c.expires_at <= now))
         .distinct()
         .limit(limit)
     )
-    return list(db.exec(query))
+    session_ids = list(db.exec(candidates))
+    if not session_ids:
+        return []
+    woken = db.exec(
+        update(lease)
+        .where(lease.c.session_id.in_(session_ids))
+        .where(lease.c.woken_at.is_(None) | (lease.c.woken_at <= now - quiet_s))
+        .values(woken_at=now)
+        .returning(lease.c.session_id)
+    )
+    return sorted(woken.scalars())
 
 
 __all__ = [
     "Submission",
+    "add_usage",
     "finish_turn",
     "get_turn",
     "has_active_turn",
@@ -313,7 +338,6 @@ __all__ = [
     "request_cancel",
     "requeue_turn",
     "sessions_needing_work",
-    "set_usage",
     "start_turn",
     "submit_message",
 ]

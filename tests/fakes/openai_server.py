@@ -38,6 +38,8 @@ class FakeOpenAI:
         #: Highest number of concurrent calls seen per conversation key (the text before
         #: the first "/" of the first user message).
         self.max_concurrency: dict[str, int] = {}
+        #: A tool that every turn asks for once, as if each message said ``tool:<name>``.
+        self.default_tool: str | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -61,9 +63,13 @@ class FakeOpenAI:
         user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         content = str(user.get("content") or "")
         directives = dict(
-            word.split(":", 1) for word in content.split() if word.split(":")[0] in _DIRECTIVES
+            word.split(":", 1)
+            for word in content.split()
+            if ":" in word and word.split(":")[0] in _DIRECTIVES
         )
 
+        if self.default_tool and "tool" not in directives:
+            directives["tool"] = self.default_tool
         if "sleep" in directives and last.get("role") != "tool":
             time.sleep(float(directives["sleep"]))
         if "status" in directives:
@@ -143,11 +149,21 @@ def _as_event_stream(payload: dict[str, Any]) -> bytes:
     deltas: list[dict[str, Any]] = [{"role": "assistant"}]
     deltas += [{"content": piece} for piece in (content[:half], content[half:]) if piece]
     for index, call in enumerate(message.get("tool_calls") or []):
-        deltas.append({"tool_calls": [{
-            "index": index, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"],
-                         "arguments": call["function"]["arguments"]},
-        }]})
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {
+                            "name": call["function"]["name"],
+                            "arguments": call["function"]["arguments"],
+                        },
+                    }
+                ]
+            }
+        )
     chunks = [
         {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
         for delta in deltas

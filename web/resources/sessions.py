@@ -16,7 +16,7 @@ from shared.sessions.models import (
 from shared.turns.service import Submission, submit_message
 from web.context import WebContext
 from web.errors import ApiError
-from web.http import dump, page, page_limit, read_model
+from web.http import dump, page, page_limit, query_int, read_model
 
 log = structlog.get_logger(__name__)
 
@@ -83,12 +83,12 @@ class SessionMessagesResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, session_id: str
     ) -> None:
         limit = page_limit(req)
-        cursor = req.get_param("cursor")
+        cursor = query_int(req, "cursor", default=None, low=0, high=2**62)
 
         def list_messages() -> object:
             with self._ctx.db.read() as db:
                 rows = service.list_messages(db, session_id, limit=limit, after=cursor)
-                return page(MessageOut, rows, limit, lambda m: m.id)
+                return page(MessageOut, rows, limit, lambda m: m.position)
 
         resp.media = await self._ctx.run(list_messages)
 

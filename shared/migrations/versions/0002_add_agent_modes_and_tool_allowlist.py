@@ -1,4 +1,4 @@
-"""add agent modes and tool allowlist
+"""add agent modes, tool allowlists, message positions
 
 Revision ID: 0002
 Revises: 0001
@@ -70,9 +70,31 @@ def upgrade() -> None:
             )
         )
 
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("position", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.create_index(
+            "ix_messages_session_position", ["session_id", "position"], unique=False
+        )
+    # Number existing messages by the turn they started or answered.
+    op.execute(
+        "UPDATE messages SET position = COALESCE("
+        "(SELECT 2 * t.number - 1 FROM turns t WHERE t.message_id = messages.id), "
+        "(SELECT 2 * t.number FROM turns t WHERE t.reply_message_id = messages.id), 0)"
+    )
+
+    with op.batch_alter_table("session_leases", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("woken_at", sa.Float(), nullable=True))
+
 
 def downgrade() -> None:
     """Downgrade schema."""
+    with op.batch_alter_table("session_leases", schema=None) as batch_op:
+        batch_op.drop_column("woken_at")
+
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_session_position")
+        batch_op.drop_column("position")
+
     with op.batch_alter_table("turns", schema=None) as batch_op:
         batch_op.drop_column("trigger")
 
