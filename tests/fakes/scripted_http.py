@@ -1,4 +1,4 @@
-"""A loopback HTTP server that answers each POST with the next response of a script.
+"""A loopback HTTP server that responds to each POST with the next scripted response.
 
 Tests push responses (JSON, raw bytes, or a streamed body sent piece by piece with
 pauses) and afterwards read the requests the server received, with headers and body.
@@ -24,11 +24,11 @@ class Pause:
 class ScriptedResponse:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    #: Sent in order. Each bytes piece is written and flushed on its own; a Pause waits.
+    #: Body parts sent in order. Each bytes piece is written and flushed on its own.
     pieces: list[bytes | Pause] = field(default_factory=list)
     #: Seconds to wait before sending the status line, to make a client time out.
     delay_s: float = 0.0
-    #: Whether to send Content-Length; streamed bodies end when the connection closes.
+    #: Whether to send Content-Length. Without it the body ends when the connection closes.
     sized: bool = True
 
 
@@ -81,7 +81,10 @@ class ScriptedServer:
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval keeps stop() fast, because the default 0.5 s adds up.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -99,7 +102,8 @@ class ScriptedServer:
     def stop(self) -> None:
         # Wakes handlers that wait in a delay or a pause, so no thread outlives the test.
         self._stopping.set()
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def _next_response(self, request: ReceivedRequest) -> ScriptedResponse:
@@ -108,7 +112,7 @@ class ScriptedServer:
             if self._script:
                 return self._script.pop(0)
         message = f"scripted server has no response left for request {len(self.requests)}"
-        # 418 is neither retried nor mapped to a specific error, so the test sees this text.
+        # 418 is neither retried nor mapped to a specific error, so this text reaches the test.
         return raw_response(message.encode(), status=418)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -130,7 +134,7 @@ class ScriptedServer:
                 try:
                     self._send(response)
                 except (BrokenPipeError, ConnectionResetError):
-                    # The client gave up, for example after its timeout; that is the test.
+                    # The client closed the connection, for example after its own timeout.
                     return
 
             def _send(self, response: ScriptedResponse) -> None:

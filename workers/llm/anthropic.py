@@ -22,9 +22,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicChatModel:
     """Call ``POST {base_url}/v1/messages``, streaming when a delta callback is given.
 
-    ``max_tokens`` caps the length of each reply in tokens; the Messages API requires it.
-    Retries and timeouts follow ``ModelEndpoint``; 529 (overloaded) is retried like the
-    other 5xx statuses.
+    ``max_tokens`` caps the length of each reply in tokens, and the Messages API requires
+    it. Retries and timeouts follow ``ModelEndpoint``, which retries 529 (overloaded)
+    like the other 5xx statuses.
     """
 
     def __init__(
@@ -180,7 +180,9 @@ def _arguments_object(call_id: str | None, arguments: str | None) -> dict[str, A
         parsed = None
     if isinstance(parsed, dict):
         return parsed
-    log.warning("tool call %s has arguments that are not a JSON object; sending {}", call_id)
+    log.warning(
+        "tool call %s has arguments that are not a JSON object, so {} is sent instead", call_id
+    )
     return {}
 
 
@@ -272,7 +274,7 @@ class _StreamedMessage:
         elif kind == "content_block_delta":
             self._add_delta(self.blocks[int(payload["index"])], payload["delta"], on_delta)
         elif kind == "message_delta":
-            # message_delta usage holds running totals, so it replaces earlier values.
+            # message_delta usage contains running totals, so it replaces earlier values.
             self.usage.update(payload.get("usage") or {})
         # ping and content_block_stop carry nothing the reply needs.
 

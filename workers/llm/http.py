@@ -16,7 +16,7 @@ from workers.llm.base import ModelError
 
 log = logging.getLogger(__name__)
 
-#: Blocks for the given number of seconds; tests pass a recorder instead of time.sleep.
+#: A function that blocks for the given seconds, such as time.sleep or a test recorder.
 Sleep = Callable[[float], None]
 
 #: Backoff before retry n (counting from 1) is this many seconds times 2 ** (n - 1).
@@ -32,7 +32,7 @@ class ServerSentEvent:
 
 
 class ModelEndpoint:
-    """POST JSON to one model URL, retrying 429 and 5xx answers and translating errors.
+    """POST JSON to one model URL, retrying 429 and 5xx responses and translating errors.
 
     ``timeout_s`` bounds connecting and each wait for more response bytes, so a long
     streamed reply may take longer than ``timeout_s`` in total. Up to ``max_attempts``
@@ -101,7 +101,7 @@ class ModelEndpoint:
             except httpx.TransportError as error:
                 if is_last:
                     raise self._transport_error(error, attempt) from error
-                log.warning("model request to %s failed (%s); retrying", self.url, error)
+                log.warning("model request to %s failed, retrying: %s", self.url, error)
                 self._sleep(self._backoff_s(attempt))
                 continue
 
@@ -109,7 +109,7 @@ class ModelEndpoint:
                 response.close()
                 wait_s = self._retry_wait_s(attempt, response.headers.get("Retry-After"))
                 log.warning(
-                    "model server %s answered HTTP %s; retrying in %.1f s",
+                    "model server %s returned HTTP %s, retrying in %.1f s",
                     self.url,
                     response.status_code,
                     wait_s,
@@ -140,11 +140,11 @@ class ModelEndpoint:
         if isinstance(error, httpx.TimeoutException):
             return ModelError(
                 f"model server {self.url} timed out after {self._timeout_s} s "
-                f"({attempts} attempts); raise FOXCTL_LLM_TIMEOUT_S or check the server"
+                f"({attempts} attempts). Raise FOXCTL_LLM_TIMEOUT_S or check the server."
             )
         return ModelError(
-            f"model server {self.url} is unreachable after {attempts} attempts: {error}; "
-            "check FOXCTL_LLM_BASE_URL"
+            f"model server {self.url} is unreachable after {attempts} attempts: {error}. "
+            "Check FOXCTL_LLM_BASE_URL."
         )
 
     def _status_error(self, response: httpx.Response) -> ModelError:
@@ -153,16 +153,16 @@ class ModelEndpoint:
             # The body is left out because some servers quote part of the rejected key.
             response.close()
             return ModelError(
-                f"model server {self.url} rejected the API key (HTTP {status}); "
-                "check FOXCTL_LLM_API_KEY"
+                f"model server {self.url} rejected the API key (HTTP {status}). "
+                "Check FOXCTL_LLM_API_KEY."
             )
         detail = _read_error_detail(response)
         if status == 404:
             return ModelError(
                 f"model {self._model!r} or the route {self.url} was not found "
-                f"(HTTP 404: {detail}); check FOXCTL_LLM_MODEL and FOXCTL_LLM_BASE_URL"
+                f"(HTTP 404: {detail}). Check FOXCTL_LLM_MODEL and FOXCTL_LLM_BASE_URL."
             )
-        return ModelError(f"model server {self.url} answered HTTP {status}: {detail}")
+        return ModelError(f"model server {self.url} returned HTTP {status}: {detail}")
 
     def _read_events(self, response: httpx.Response) -> Iterator[ServerSentEvent]:
         try:
@@ -170,7 +170,7 @@ class ModelEndpoint:
         except httpx.TimeoutException as error:
             raise ModelError(
                 f"model server {self.url} stalled for more than {self._timeout_s} s in the "
-                "middle of a streamed reply; raise FOXCTL_LLM_TIMEOUT_S or check the server"
+                "middle of a streamed reply. Raise FOXCTL_LLM_TIMEOUT_S or check the server."
             ) from error
         except httpx.HTTPError as error:
             raise ModelError(

@@ -13,7 +13,7 @@ import httpx
 from workers.llm.base import DeltaCallback, ModelError, ModelReply, ToolCall
 from workers.llm.http import ModelEndpoint, ServerSentEvent, Sleep, load_event_json
 
-#: How the API key is sent: in a header (``Authorization`` by default), or not at all.
+#: Where the API key goes: into a header (``Authorization`` by default), or nowhere.
 AuthMode = Literal["header", "none"]
 
 
@@ -116,7 +116,7 @@ def _read_stream(
             chunk, url, default=(stream.prompt_tokens, stream.completion_tokens)
         )
 
-    # Some servers end the stream without [DONE]; a finish_reason shows the reply is whole.
+    # Some servers end the stream without [DONE], and a finish_reason shows the reply is whole.
     if stream.finished:
         return stream.reply()
     raise ModelError(f"streamed reply from model server {url} ended before it was complete")
@@ -155,8 +155,8 @@ class _StreamedReply:
                 self.finished = True
 
     def _add_call_piece(self, piece: dict[str, Any], position: int) -> None:
-        # The first piece of a call carries its id and name; later pieces carry only
-        # more argument text, matched to the call by index.
+        # The first piece of a call carries its id and name. Later pieces carry only more
+        # argument text and are matched to the call by index.
         call = self.calls.setdefault(int(piece.get("index", position)), _StreamedCall())
         function = piece.get("function") or {}
         call.id = piece.get("id") or call.id
