@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +18,8 @@ from shared.settings import Settings, SettingsError, load_settings
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUEUE_CHOICES = ("turns", "embeddings", "maintenance")
+#: Variables that `foxctl up` gives laptop defaults unless the user set them.
+UP_DEFAULTED = ("FOXCTL_AUTH", "FOXCTL_LOG_FORMAT", "FOXCTL_LLM_PROVIDER")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -66,9 +69,15 @@ def main() -> None:
     show_default=True,
     help="Worker threads for turns in this process.",
 )
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Source checkout the agents work on (default FOXCTL_WORKSPACE, the current directory).",
+)
 @one_line_errors
-def up(host: str | None, port: int | None, threads: int) -> None:
-    """Run web, worker and reconciler in one process on embedded defaults.
+def up(host: str | None, port: int | None, threads: int, workspace: Path | None) -> None:
+    """Run web, worker, reconciler and scheduler loop in one process on embedded defaults.
 
     Uses SQLite under FOXCTL_STORAGE_ROOT and an in-process broker. Authentication is off
     unless FOXCTL_AUTH is set, so the server binds to loopback only.
@@ -80,7 +89,8 @@ def up(host: str | None, port: int | None, threads: int) -> None:
         host=host,
         port=port,
         threads=threads,
-        explicit={name for name in ("FOXCTL_AUTH", "FOXCTL_LOG_FORMAT") if name in os.environ},
+        explicit={name for name in UP_DEFAULTED if name in os.environ},
+        workspace=workspace,
     )
 
 

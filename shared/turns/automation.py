@@ -52,6 +52,7 @@ def queue_automatic_turn(
         trigger=trigger.value,
     )
     message.turn_id = turn.id
+    message.position = 2 * turn.number - 1
     db.add_all([session, message, turn])
     data = {"message_id": message.id, "role": message.role, "content": message.content}
     append_event(db, session.id, EventType.message_created, data, turn_id=turn.id)

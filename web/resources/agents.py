@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import falcon
 import falcon.asgi
 
@@ -68,3 +70,33 @@ class AgentResource:
 
         await self._ctx.run(delete)
         resp.status = falcon.HTTP_204
+
+
+class AgentStopResource:
+    """Stop an agent: its automatic turns end and its pending turns are cancelled."""
+
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent_id: str
+    ) -> None:
+        def stop() -> object:
+            with self._ctx.db.write() as db:
+                return dump(AgentOut, service.stop_agent(db, agent_id))
+
+        resp.media = await self._ctx.run(stop)
+
+
+class AgentStartResource:
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, agent_id: str
+    ) -> None:
+        def start() -> object:
+            with self._ctx.db.write() as db:
+                return dump(AgentOut, service.start_agent(db, agent_id, time.time()))
+
+        resp.media = await self._ctx.run(start)
