@@ -21,8 +21,13 @@ import time
 from bench.stats import percentile, print_table, summarize_ms
 from workers.llm.local import LocalChatModel, default_thread_count
 
-SHORT_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-STORY_REQUEST = [{"role": "user", "content": "Write a long story about a fox in a forest."}]
+# Turns always start with a system prompt, so the benchmark sends one too.
+SYSTEM_PROMPT = {"role": "system", "content": "You are a helpful assistant."}
+SHORT_QUESTION = [SYSTEM_PROMPT, {"role": "user", "content": "What is the capital of France?"}]
+STORY_REQUEST = [
+    SYSTEM_PROMPT,
+    {"role": "user", "content": "Write a long story about a fox in a forest."},
+]
 
 
 def parse_args() -> argparse.Namespace:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import service_missing
+from tests.conftest import IN_CI
 from workers.llm.base import ModelError
 from workers.llm.local import LocalChatModel, find_packaged_model
 
@@ -26,14 +26,21 @@ QUESTION = [
 SHORT_REPLY_TOKENS = 24
 
 
+def extra_missing(message: str) -> None:
+    message = f"{message} (install the local extra: uv sync --extra dev --extra local)"
+    if IN_CI:
+        pytest.fail(f"{message}. CI=true, so the local extra must be installed")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def model_file() -> Path:
     if importlib.util.find_spec("llama_cpp") is None:
-        service_missing("llama-cpp-python", ImportError("run: uv sync --extra local"))
+        extra_missing("llama-cpp-python is not installed")
     try:
         return find_packaged_model()
     except ModelError as error:
-        service_missing("the SmolLM2 model file", error)
+        extra_missing(str(error))
         raise
 
 

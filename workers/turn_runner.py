@@ -146,12 +146,13 @@ class TurnRunner:
     def _run_next(self, session_id: str, token: int, keeper: LeaseKeeper) -> None:
         if self._stopping.is_set():
             return
-        turn = self._start_next(session_id, token)
-        if turn is None:
+        started = self._start_next(session_id, token)
+        if started is None:
             return
+        turn, started_seq = started
         with structlog.contextvars.bound_contextvars(turn_id=turn.id):
             try:
-                self._run_turn(turn, token, keeper)
+                self._run_turn(turn, token, keeper, started_seq)
             except TurnCancelled:
                 log.info("turn cancelled")
             except HandBack:
@@ -175,7 +176,8 @@ class TurnRunner:
             if current.status == TurnStatus.running:
                 turns.finish_turn(db, current, TurnStatus.failed, error=error)
 
-    def _start_next(self, session_id: str, token: int) -> Turn | None:
+    def _start_next(self, session_id: str, token: int) -> tuple[Turn, int] | None:
+        """Start the session's next turn; return it with its turn.started sequence."""
         with self._db.write() as db:
             self._lock.fence(db, session_id, token)
             while (turn := turns.next_turn(db, session_id)) is not None:
@@ -194,12 +196,13 @@ class TurnRunner:
                     continue
                 if turn.status == TurnStatus.running:
                     log.warning("re-running a turn whose worker died", turn_id=turn.id)
-                turns.start_turn(db, turn)
-                return turn
+                started_seq = turns.start_turn(db, turn)
+                return turn, started_seq
         return None
 
-    def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper) -> None:
-        scope = _Scope(self, turn, token, keeper, deadline=time.monotonic() + self._time_limit_s)
+    def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper, started_seq: int) -> None:
+        deadline = time.monotonic() + self._time_limit_s
+        scope = _Scope(self, turn, token, keeper, deadline=deadline, last_seq=started_seq)
         self._loop.run(turn, scope)
 
     @contextmanager
@@ -217,7 +220,14 @@ class _Scope:
     """Fenced writes and safe-point checks for one running turn (see TurnScope)."""
 
     def __init__(
-        self, runner: TurnRunner, turn: Turn, token: int, keeper: LeaseKeeper, *, deadline: float
+        self,
+        runner: TurnRunner,
+        turn: Turn,
+        token: int,
+        keeper: LeaseKeeper,
+        *,
+        deadline: float,
+        last_seq: int,
     ):
         self._runner = runner
         self._deadline = deadline
@@ -225,7 +235,8 @@ class _Scope:
         self._token = token
         self._keeper = keeper
         self._first_check = True
-        self._last_seq = 0
+        # Sequence of the last stored event, which live deltas refer to.
+        self._last_seq = last_seq
 
     def checkpoint(self) -> None:
         if self._keeper.lost.is_set():

@@ -181,15 +181,19 @@ def has_active_turn(db: Session, session_id: str) -> bool:
     return next_turn(db, session_id) is not None
 
 
-def start_turn(db: Session, turn: Turn) -> None:
-    """Mark a turn running and count the attempt (a re-run after a crash counts again)."""
+def start_turn(db: Session, turn: Turn) -> int:
+    """Mark a turn running and count the attempt (a re-run after a crash counts again).
+
+    Returns the sequence number of the turn.started event.
+    """
     turn.status = TurnStatus.running.value
     turn.attempts += 1
     turn.started_at = utcnow()
     db.add(turn)
-    append_event(
+    event = append_event(
         db, turn.session_id, EventType.turn_started, {"attempt": turn.attempts}, turn_id=turn.id
     )
+    return event.seq
 
 
 def requeue_turn(db: Session, turn: Turn, reason: str) -> None:

