@@ -227,6 +227,133 @@ def drain(timeout: float) -> None:
     click.echo("drained")
 
 
+@main.command()
+@one_line_errors
+def scheduler() -> None:
+    """Run the scheduler: enqueue maintenance on cron and due think/tick turns.
+
+    Run one or more replicas; one leads at a time through a lease in the database.
+    """
+    from shared.broker import make_broker
+    from shared.logging import configure_logging
+    from shared.queues import Enqueuer
+    from workers.scheduler import Scheduler
+
+    settings = settings_from_env()
+    if settings.broker_url.startswith("memory://"):
+        fail(
+            "FOXCTL_BROKER_URL is memory:// (in-process); a separate scheduler needs "
+            "redis://HOST:6379/0, or use `foxctl up`, which runs its own loop"
+        )
+    configure_logging(settings, process="scheduler")
+    Scheduler(settings, _database(), Enqueuer(make_broker(settings))).run_forever()
+
+
+# -- maintenance -------------------------------------------------------------------------
+
+
+@main.group()
+def sessions() -> None:
+    """Session maintenance."""
+
+
+@sessions.command("cleanup")
+@click.option("--older-than", required=True, help="Idle time, such as 30d or 12h.")
+@click.option(
+    "--status",
+    "statuses",
+    default="ok,error,cancelled",
+    show_default=True,
+    help="Comma-separated statuses to delete: ok, error, cancelled, empty.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
+@one_line_errors
+def sessions_cleanup(older_than: str, statuses: str, dry_run: bool, enqueue: bool) -> None:
+    """Delete ended sessions with their messages, turns and events."""
+    params = {
+        "older_than": older_than,
+        "dry_run": dry_run,
+        "statuses": [s.strip() for s in statuses.split(",") if s.strip()],
+    }
+    _run_job("cleanup_sessions", params, enqueue)
+
+
+@main.group()
+def turns() -> None:
+    """Turn maintenance."""
+
+
+@turns.command("reap")
+@click.option(
+    "--stale-after",
+    default="1h",
+    show_default=True,
+    help="Fail running turns that no worker holds and that started this long ago.",
+)
+@click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
+@one_line_errors
+def turns_reap(stale_after: str, enqueue: bool) -> None:
+    """Fail running turns that lost their worker long ago."""
+    _run_job("reap_turns", {"stale_after": stale_after}, enqueue)
+
+
+@main.group()
+def jobs() -> None:
+    """Maintenance job runs."""
+
+
+@jobs.command("list")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@one_line_errors
+def jobs_list(limit: int) -> None:
+    """List recent maintenance job runs, newest first."""
+    import json
+
+    from shared.jobs.service import list_runs
+
+    with _database().read() as db:
+        runs = list_runs(db, limit=limit)
+    for run in runs:
+        click.echo(
+            f"{run.id}\t{run.name}\t{run.origin}\t{run.status}\t"
+            f"{json.dumps(run.result, sort_keys=True)}"
+        )
+
+
+def _run_job(name: str, params: dict[str, Any], enqueue: bool) -> None:
+    """Record a job run, then run it here or hand it to a maintenance worker."""
+    import json
+
+    from shared.jobs.catalog import enqueue_job, record_job
+
+    database = _database()
+    origin = "cli"
+    with database.write() as db:
+        run = record_job(db, name, params, origin)
+    if enqueue:
+        from shared.broker import make_broker
+        from shared.queues import Enqueuer
+
+        settings = settings_from_env()
+        if settings.broker_url.startswith("memory://"):
+            fail(
+                "--enqueue needs FOXCTL_BROKER_URL=redis://...; without it, run the job "
+                "here by leaving --enqueue out"
+            )
+        enqueue_job(Enqueuer(make_broker(settings)), run)
+        click.echo(f"enqueued {name} as {run.id}")
+        return
+
+    from workers.maintenance import execute_run
+
+    finished = execute_run(database, run.id)
+    assert finished is not None
+    if finished.error:
+        fail(f"{name} failed: {finished.error}")
+    click.echo(json.dumps(finished.result, sort_keys=True))
+
+
 # -- tokens ------------------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ class ActorRef:
 
 #: Wake a worker to run a session's queued turns. Argument: the session id.
 RUN_SESSION = ActorRef(TURNS, "run_session")
+#: Run a recorded maintenance job. Argument: the job run id (its parameters are stored).
+RUN_JOB = ActorRef(MAINTENANCE, "run_job")
 
 
 class Enqueuer:

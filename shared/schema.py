@@ -7,9 +7,20 @@ from sqlmodel import SQLModel
 from shared.agents import models as _agents
 from shared.auth import models as _auth
 from shared.events import models as _events
+from shared.jobs import models as _jobs
+from shared.scheduling import models as _scheduling
 from shared.sessions import models as _sessions
 from shared.turns import models as _turns
 
 metadata = SQLModel.metadata
 
-__all__ = ["_agents", "_auth", "_events", "_sessions", "_turns", "metadata"]
+__all__ = [
+    "_agents",
+    "_auth",
+    "_events",
+    "_jobs",
+    "_scheduling",
+    "_sessions",
+    "_turns",
+    "metadata",
+]

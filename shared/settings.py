@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     workspace: Path = Path(".")
     run_dir: Path = Path("/tmp/foxctl")  # noqa: S108 - per-pod scratch; k8s mounts an emptyDir at /tmp.
 
+    # Content-addressed store for large outputs and uploads.
+    cas_driver: Literal["file", "sqlite", "s3"] = "file"
+    cas_s3_bucket: str | None = None
+    cas_s3_region: str | None = None
+    # For S3-compatible stores (MinIO, Ceph, moto); None means AWS.
+    cas_s3_endpoint: str | None = None
+    cas_s3_prefix: str = ""
+    # Objects at least this large are uploaded to S3 in parts of this size.
+    cas_s3_part_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
     # Broker. ``memory://`` is the in-process broker used by ``foxctl up``.
     broker_url: str = "memory://"
 
@@ -104,6 +114,17 @@ class Settings(BaseSettings):
     # Command line: where `foxctl send` finds the API, and the token it sends.
     api_url: str | None = None
     api_token: SecretStr | None = None
+
+    # Scheduler: cron expressions (minute hour day month weekday, UTC) for maintenance,
+    # and what the jobs keep.
+    schedule_cas_gc: str = "17 3 * * *"
+    schedule_session_cleanup: str = "37 3 * * *"
+    schedule_reap_turns: str = "*/5 * * * *"
+    cas_gc_older_than: str = "24h"
+    session_retention: str = "30d"
+    # A slot missed while no scheduler ran still fires if it is at most this old.
+    scheduler_misfire_grace_s: int = Field(default=300, ge=0)
+    scheduler_lease_ttl_s: float = Field(default=15.0, gt=0)
 
     # Logging.
     log_format: Literal["json", "console"] = "json"

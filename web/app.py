@@ -25,6 +25,7 @@ from web.resources.agents import (
 )
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
+from web.resources.jobs import JobsResource
 from web.resources.openapi import OpenApiResource
 from web.resources.sessions import SessionMessagesResource, SessionResource, SessionsResource
 from web.resources.turns import TurnCancelResource, TurnResource
@@ -108,6 +109,7 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "turn": TurnResource(ctx),
         "turn_cancel": TurnCancelResource(ctx),
         "events": EventsResource(ctx),
+        "jobs": JobsResource(ctx),
     }
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from shared.agents.models import AgentCreate, AgentOut, AgentUpdate
 from shared.events.models import EventOut
+from shared.jobs.models import JobRunOut
 from shared.sessions.models import (
     MessageAccepted,
     MessageCreate,
@@ -190,6 +191,19 @@ ROUTES: tuple[Route, ...] = (
                 202,
                 TurnOut,
                 errors=(404, 409),
+            ),
+        },
+    ),
+    Route(
+        "/api/jobs",
+        "jobs",
+        {
+            "get": Operation(
+                "List recent maintenance job runs, newest first",
+                200,
+                JobRunOut,
+                paged=True,
+                params=(*_PAGE, Param("name", "only runs of this job")),
             ),
         },
     ),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared.queues import RUN_SESSION
+from shared.queues import RUN_JOB, RUN_SESSION
 from workers import runtime
 from workers.broker_setup import broker
+from workers.maintenance import execute_run
 
 # Dramatiq binds an actor to the global broker when the decorator runs, so the import
 # of broker_setup above must come first; it is used here only for that side effect.
-__all__ = ["broker", "run_session"]
+__all__ = ["broker", "run_job", "run_session"]
 
 _settings = runtime.settings()
 
@@ -33,3 +34,18 @@ def run_session(session_id: str) -> None:
     does nothing, and fenced writes keep an expired holder from replying twice.
     """
     runtime.current().runner.run_session(session_id)
+
+
+@dramatiq.actor(
+    queue_name=RUN_JOB.queue,
+    actor_name=RUN_JOB.name,
+    # Job failures are recorded on the run and do not raise; what raises is a database
+    # outage, worth a few retries.
+    max_retries=3,
+    min_backoff=5_000,
+    max_backoff=60_000,
+    time_limit=60 * 60 * 1_000,
+)
+def run_job(job_run_id: str) -> None:
+    """Run a recorded maintenance job. Idempotent: a finished run is not run again."""
+    execute_run(runtime.current().db, job_run_id)

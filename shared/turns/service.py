@@ -345,3 +345,26 @@ __all__ = [
     "start_turn",
     "submit_message",
 ]
+
+
+def reap_stale_turns(db: Session, now: float, *, stale_after_s: float) -> list[str]:
+    """Fail running turns that no live worker holds and that started long ago.
+
+    Such a turn outlived every re-run by the reconciler (its lease expired and nobody
+    claimed the session again), so it would otherwise stay running forever.
+    """
+    lease = SessionLease.__table__  # type: ignore[attr-defined]
+    started_before = datetime.fromtimestamp(now - stale_after_s, UTC)
+    stale = db.exec(
+        select(Turn)
+        .join(lease, lease.c.session_id == Turn.session_id)
+        .where(Turn.status == TurnStatus.running.value)
+        .where(col(Turn.started_at) < started_before)
+        .where((lease.c.holder.is_(None)) | (lease.c.expires_at <= now))
+    ).all()
+    for turn in stale:
+        get_session(db, turn.session_id, for_update=True)
+        finish_turn(
+            db, turn, TurnStatus.failed, error=f"no worker finished it within {stale_after_s:.0f} s"
+        )
+    return [turn.id for turn in stale]

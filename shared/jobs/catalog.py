@@ -1,0 +1,40 @@
+"""The maintenance jobs, their parameters, and how to start one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from shared.durations import parse_duration
+from shared.errors import InvalidInputError
+from shared.jobs.models import JobRun
+from shared.jobs.service import start_run
+from shared.queues import RUN_JOB, Enqueuer
+
+#: Job name -> the parameters it accepts.
+JOBS: dict[str, tuple[str, ...]] = {
+    "cas_gc": ("older_than", "dry_run", "max_delete"),
+    "cleanup_sessions": ("older_than", "statuses", "dry_run"),
+    "reap_turns": ("stale_after",),
+}
+
+
+def record_job(db: Session, name: str, params: dict[str, Any], origin: str) -> JobRun:
+    """Check a job's name and parameters and record a run; the caller runs or enqueues it."""
+    if name not in JOBS:
+        raise InvalidInputError(f"unknown job {name!r}; jobs: {', '.join(sorted(JOBS))}")
+    unknown = sorted(set(params) - set(JOBS[name]))
+    if unknown:
+        raise InvalidInputError(f"job {name!r} takes no parameter {unknown[0]!r}")
+    for key in ("older_than", "stale_after"):
+        if key in params:
+            try:
+                parse_duration(str(params[key]))
+            except ValueError as error:
+                raise InvalidInputError(str(error)) from None
+    return start_run(db, name, origin, params)
+
+
+def enqueue_job(enqueuer: Enqueuer, run: JobRun) -> None:
+    enqueuer.send(RUN_JOB, run.id)
