@@ -77,12 +77,13 @@ class Scheduler:
 
     def renew_leadership(self) -> bool:
         leading = self.lock.acquire(self.holder)
-        if leading != self.leading:
+        changed = leading != self.leading
+        self.leading = leading
+        if changed:
             log.info("scheduler leadership " + ("taken" if leading else "lost"),
                      holder=self.holder)
-            if leading:
-                self.catch_up()
-        self.leading = leading
+        if changed and leading:
+            self.catch_up()
         return leading
 
     def run_automation(self) -> int:

@@ -7,7 +7,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
-from shared.clock import Clock, system_clock
+from shared.clock import Clock, system_clock, utcnow
 from shared.db import Database
 from shared.scheduling.models import LeaderLease, ScheduleFire
 
@@ -71,8 +71,14 @@ class SqlLeaderLock:
 def claim_slot(db: Session, job: str, slot: float, holder: str) -> bool:
     """Record that ``job`` fired for ``slot``; False when the slot was already fired."""
     table = ScheduleFire.__table__  # type: ignore[attr-defined]
-    inserted = _insert_ignore(db, table, {"job": job, "slot": slot, "holder": holder})
-    return inserted == 1
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(table)
+        .values(job=job, slot=slot, holder=holder, fired_at=utcnow())
+        .on_conflict_do_nothing()
+        .returning(table.c.job)
+    )
+    return db.exec(statement).first() is not None  # type: ignore[call-overload]
 
 
 def last_slot(db: Session, job: str) -> float | None:
@@ -84,7 +90,6 @@ def last_slot(db: Session, job: str) -> float | None:
     ).first()
 
 
-def _insert_ignore(db: Session, table: object, values: dict[str, object]) -> int:
+def _insert_ignore(db: Session, table: object, values: dict[str, object]) -> None:
     insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    result = db.exec(insert(table).values(**values).on_conflict_do_nothing())  # type: ignore[arg-type]
-    return int(result.rowcount)
+    db.exec(insert(table).values(**values).on_conflict_do_nothing())  # type: ignore[arg-type]
