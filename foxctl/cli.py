@@ -326,7 +326,9 @@ def _run_job(name: str, params: dict[str, Any], enqueue: bool) -> None:
     import json
 
     from shared.jobs.catalog import enqueue_job, record_job
+    from shared.logging import configure_logging
 
+    configure_logging(settings_from_env(), process="cli", stream=sys.stderr)
     database = _database()
     origin = "cli"
     with database.write() as db:

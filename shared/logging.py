@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -17,8 +18,11 @@ from shared.settings import Settings
 _configured = False
 
 
-def configure_logging(settings: Settings, *, process: str) -> None:
-    """Send all logs to stdout in the configured format; later calls do nothing."""
+def configure_logging(settings: Settings, *, process: str, stream: TextIO | None = None) -> None:
+    """Send all logs to ``stream`` (stdout) in the configured format; later calls do nothing.
+
+    Commands whose stdout is their result pass stderr.
+    """
     global _configured
     if _configured:
         return
@@ -43,7 +47,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared_processors,

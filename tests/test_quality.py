@@ -36,10 +36,10 @@ def test_migrations_match_models(database: Database) -> None:
     command.check(alembic_config(database.engine))
 
 
-def test_web_never_imports_worker_code() -> None:
+def test_web_never_imports_worker_or_scheduler_code() -> None:
     code = (
         "import sys, web.app, web.asgi; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('workers', 'apscheduler')))"
     )
 
     result = subprocess.run(
