@@ -1,4 +1,4 @@
-"""Every route, its resource, and what the OpenAPI document says about it.
+"""Every route, its resource, and its description in the OpenAPI document.
 
 ``create_app`` registers routes from ``ROUTES`` and ``openapi_document`` describes the
 same table, so the served spec cannot drift from the served routes.
