@@ -78,7 +78,7 @@ def claim_slot(db: Session, job: str, slot: float, holder: str) -> bool:
         .on_conflict_do_nothing()
         .returning(table.c.job)
     )
-    return db.exec(statement).first() is not None  # type: ignore[call-overload]
+    return db.exec(statement).first() is not None
 
 
 def last_slot(db: Session, job: str) -> float | None:
