@@ -6,6 +6,7 @@ from sqlmodel import SQLModel
 
 from shared.agents import models as _agents
 from shared.auth import models as _auth
+from shared.cas import models as _cas
 from shared.events import models as _events
 from shared.jobs import models as _jobs
 from shared.scheduling import models as _scheduling
@@ -17,6 +18,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "_agents",
     "_auth",
+    "_cas",
     "_events",
     "_jobs",
     "_scheduling",
