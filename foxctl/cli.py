@@ -280,6 +280,34 @@ def sessions_cleanup(older_than: str, statuses: str, dry_run: bool, enqueue: boo
 
 
 @main.group()
+def cas() -> None:
+    """Content-addressed store maintenance."""
+
+
+@cas.command("gc")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Delete unpinned, unreferenced artifacts last uploaded this long ago (24h).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--max-delete",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Delete at most this many artifacts.",
+)
+@click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
+@one_line_errors
+def cas_gc(older_than: str, dry_run: bool, max_delete: int | None, enqueue: bool) -> None:
+    """Delete artifacts that are unpinned, unreferenced and older than the cutoff."""
+    params: dict[str, Any] = {"older_than": older_than, "dry_run": dry_run}
+    if max_delete is not None:
+        params["max_delete"] = max_delete
+    _run_job("cas_gc", params, enqueue)
+
+
+@main.group()
 def turns() -> None:
     """Turn maintenance."""
 

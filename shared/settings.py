@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     )
     auth: Literal["on", "off"] = "on"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Uploads to PUT /api/cas stream to the store and have their own limit.
+    max_upload_bytes: int = Field(default=1024**3, ge=1024)
     token_cache_s: float = Field(default=10.0, ge=0)
     web_graceful_timeout_s: int = Field(default=25, ge=1)
 

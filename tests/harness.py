@@ -10,6 +10,7 @@ import falcon.testing
 from dramatiq.brokers.stub import StubBroker
 
 from shared.auth.service import create_token
+from shared.cas.stores import FileArtifactStore
 from shared.db import Database
 from shared.events.live import MemoryPublisher
 from shared.queues import TURNS, Enqueuer
@@ -40,6 +41,7 @@ class Harness:
         self.lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
         self.publisher = MemoryPublisher()
         root = workspace or settings.workspace
+        self.artifacts = FileArtifactStore(settings.storage_root / "cas")
         model = OpenAICompatChatModel(
             base_url=model_url or "http://127.0.0.1:9/v1", model="fake", max_attempts=1
         )
@@ -53,6 +55,7 @@ class Harness:
                 ToolRegistry(workspace_tools(root)),
                 LexicalSearch(root),
                 LoopSettings(),
+                self.artifacts,
             ),
             publisher=self.publisher,
             holder_prefix="test",

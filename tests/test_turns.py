@@ -440,3 +440,30 @@ def test_queued_follow_up_sees_previous_reply(foxctl: Harness, fake_model: FakeO
     listed = [m["content"] for m in foxctl.messages(session_id)]
     assert [m["content"] for m in sent[1:]] == ["first", "echo: first", "second"]
     assert listed == ["first", "echo: first", "second", "echo: second"]
+
+
+def test_long_tool_output_is_stored_as_artifact(foxctl: Harness, workspace: Path) -> None:
+    from shared.cas.gc import collect_garbage
+
+    (workspace / "big.txt").write_text("line of text\n" * 20_000)
+    session_id = foxctl.create_session()
+
+    foxctl.post(session_id, 'tool:fs_read_file args:{"path":"big.txt"} go')
+    foxctl.run_pending()
+
+    result = [e for e in foxctl.events(session_id) if e["type"] == "tool.result"][-1]["data"]
+    digest = result["output_digest"]
+    stored = foxctl.call("GET", f"/api/cas/{digest}")
+    assert result["output_bytes"] > 64 * 1024
+    assert len(result["output"].encode()) < 66 * 1024
+    assert f"stored as artifact {digest}" in result["output"]
+    assert stored.status_code == 200
+    assert stored.text.startswith("1: line of text\n")
+    assert len(stored.content) == result["output_bytes"]
+
+    kept = collect_garbage(foxctl.db, foxctl.artifacts, older_than_s=0)
+    foxctl.call("DELETE", f"/api/sessions/{session_id}")
+    collected = collect_garbage(foxctl.db, foxctl.artifacts, older_than_s=0)
+
+    assert kept.deleted == 0
+    assert collected.deleted == 1

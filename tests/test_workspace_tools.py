@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from workers.llm.base import ToolCall
-from workers.tools import MAX_OUTPUT_BYTES, ToolRegistry, allowed_tools
-from workers.tools.workspace import Workspace, workspace_tools
+from workers.tools import ToolRegistry, allowed_tools
+from workers.tools.workspace import MAX_READ_BYTES, Workspace, workspace_tools
 
 SECRET = "outside-secret-7f3a"
 ALL = frozenset({"fs_list_dir", "fs_read_file", "code_grep", "fs_write_file"})
@@ -154,7 +154,7 @@ def test_fifty_megabyte_file_is_read_in_bounded_pieces(root: Path, registry: Too
     tail = call(registry, "fs_read_file", path="big.log", start_line=499_999)
 
     assert head.output.count("\n") == 3
-    assert len(whole.output.encode()) < MAX_OUTPUT_BYTES + 200
+    assert len(whole.output.encode()) < MAX_READ_BYTES + 200
     assert "[output truncated at line" in whole.output
     assert tail.output.startswith("499999: ")
 
@@ -176,7 +176,7 @@ def test_grep_skips_binary_files(root: Path, registry: ToolRegistry) -> None:
     assert "blob.bin" not in result.output
 
 
-def test_huge_tool_output_is_truncated_with_marker(root: Path, registry: ToolRegistry) -> None:
+def test_long_listing_is_cut_with_marker(root: Path, registry: ToolRegistry) -> None:
     for index in range(3000):
         (root / f"f{index:04}.txt").write_text("")
 

@@ -10,6 +10,7 @@ import structlog
 from dramatiq.broker import Broker
 
 from shared.broker import make_broker
+from shared.cas.stores import make_artifact_store
 from shared.db import Database, make_engine
 from shared.queues import Enqueuer
 from shared.settings import Settings
@@ -23,6 +24,7 @@ from web.resources.agents import (
     AgentStartResource,
     AgentStopResource,
 )
+from web.resources.cas import ArtifactPinResource, ArtifactResource, ArtifactsResource
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
 from web.resources.jobs import JobsResource
@@ -95,6 +97,7 @@ def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
 
 
 def _resources(ctx: WebContext) -> dict[str, object]:
+    store = make_artifact_store(ctx.settings)
     return {
         "health": HealthResource(),
         "ready": ReadyResource(ctx),
@@ -110,6 +113,10 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "turn_cancel": TurnCancelResource(ctx),
         "events": EventsResource(ctx),
         "jobs": JobsResource(ctx),
+        "artifacts": ArtifactsResource(ctx, store),
+        "artifact": ArtifactResource(ctx, store),
+        "artifact_pin": ArtifactPinResource(ctx, pinned=True),
+        "artifact_unpin": ArtifactPinResource(ctx, pinned=False),
     }
 
 

@@ -18,6 +18,7 @@ from web.errors import ApiError
 log = structlog.get_logger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+UPLOAD_PATH = "/api/cas"
 
 
 class RequestContext:
@@ -57,6 +58,8 @@ class BodyLimit:
         self._max = max_body_bytes
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if req.method == "PUT" and req.path == UPLOAD_PATH:
+            return  # streamed to the artifact store under FOXCTL_MAX_UPLOAD_BYTES
         if req.content_length is not None and req.content_length > self._max:
             raise too_large(self._max)
 

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.agents.models import AgentCreate, AgentOut, AgentUpdate
+from shared.cas.models import ArtifactOut, ArtifactPage
 from shared.events.models import EventOut
 from shared.jobs.models import JobRunOut
 from shared.sessions.models import (
@@ -42,6 +43,8 @@ class Operation:
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
     public: bool = False
+    # Media type of a raw (non-JSON) request body, such as an upload.
+    raw_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,53 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route(
+        "/api/cas",
+        "artifacts",
+        {
+            "get": Operation(
+                "List stored artifacts in digest order", 200, ArtifactPage, params=_PAGE
+            ),
+            "put": Operation(
+                "Upload bytes; the answer gives their sha256 digest (201 new, 200 stored already)",
+                201,
+                ArtifactOut,
+                errors=(413,),
+                raw_body="application/octet-stream",
+            ),
+        },
+    ),
+    Route(
+        "/api/cas/{digest}",
+        "artifact",
+        {
+            "get": Operation("Download an artifact; one Range is honoured", 200, errors=(404, 416)),
+            "head": Operation(
+                "Read an artifact's size, media type and pinned flag", 200, errors=(404,)
+            ),
+        },
+    ),
+    Route(
+        "/api/cas/{digest}/pin",
+        "artifact_pin",
+        {
+            "post": Operation(
+                "Keep an artifact from garbage collection", 200, ArtifactOut, errors=(404,)
+            )
+        },
+    ),
+    Route(
+        "/api/cas/{digest}/unpin",
+        "artifact_unpin",
+        {
+            "post": Operation(
+                "Let garbage collection delete an unreferenced artifact",
+                200,
+                ArtifactOut,
+                errors=(404,),
+            )
+        },
+    ),
+    Route(
         "/api/jobs",
         "jobs",
         {
@@ -275,6 +325,11 @@ def _describe(route: Route, method: str, operation: Operation, schemas: dict[str
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             },
         )
+    if operation.raw_body is not None:
+        described["requestBody"] = {
+            "required": True,
+            "content": {operation.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+        }
     if operation.request is not None:
         described["requestBody"] = {
             "required": True,

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 from sqlmodel import col, select
 
 from shared.agents.models import Agent, AgentMode
+from shared.cas.service import store_upload
+from shared.cas.stores.base import ArtifactStore
 from shared.db import Database
 from shared.events.models import EventType
 from shared.sessions.models import AgentSession, Message
@@ -21,7 +23,7 @@ from workers.context import LexicalSearch, format_snippets
 from workers.llm.base import ChatModel, ModelError, ModelReply, ToolCall
 from workers.llm.think import ThinkFilter, strip_think
 from workers.prompts import estimate_tokens, fit_history, system_prompt
-from workers.tools import ToolRegistry, ToolResult, allowed_tools
+from workers.tools import MAX_OUTPUT_BYTES, ToolRegistry, ToolResult, allowed_tools, truncate
 
 #: How many earlier messages a turn reads before the token budget trims them.
 HISTORY_LIMIT = 200
@@ -43,7 +45,11 @@ class TurnScope(Protocol):
         """Raise if the turn must stop here: cancelled, lease lost or worker stopping."""
         ...
 
-    def record(self, event: EventType, data: dict[str, Any]) -> None: ...
+    def record(
+        self, event: EventType, data: dict[str, Any], *, artifacts: tuple[str, ...] = ()
+    ) -> None:
+        """Append an event, and reference ``artifacts`` from the turn, in one write."""
+        ...
 
     def record_model_call(self, reply: ModelReply, model_name: str) -> None: ...
 
@@ -70,8 +76,10 @@ class AgentLoop:
         tools: ToolRegistry,
         search: LexicalSearch | None,
         settings: LoopSettings,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self._db = db
+        self._artifacts = artifacts
         self._model_for = model_for
         self._tools = tools
         self._search = search
@@ -141,16 +149,30 @@ class AgentLoop:
             result = ToolResult(call.id, call.name, "tick loop ended", ok=True)
         else:
             result = self._tools.run(allowed, call)
-        scope.record(
-            EventType.tool_result,
-            {
-                "call_id": result.call_id,
-                "name": result.name,
-                "ok": result.ok,
-                "output": result.output,
-            },
-        )
-        return result
+        data: dict[str, Any] = {"call_id": result.call_id, "name": result.name, "ok": result.ok}
+        output = result.output
+        artifacts: tuple[str, ...] = ()
+        size_bytes = len(output.encode())
+        if size_bytes > MAX_OUTPUT_BYTES:
+            # The model and the event get a truncated copy; the whole output goes to
+            # the artifact store, referenced by the turn, for the API and console.
+            output = truncate(output)
+            if self._artifacts is not None:
+                digest = self._store_output(result.output)
+                output += f"\n[full output: {size_bytes} bytes, stored as artifact {digest}]"
+                data.update(output_digest=digest, output_bytes=size_bytes)
+                artifacts = (digest,)
+        data["output"] = output
+        scope.record(EventType.tool_result, data, artifacts=artifacts)
+        return ToolResult(result.call_id, result.name, output, result.ok)
+
+    def _store_output(self, output: str) -> str:
+        assert self._artifacts is not None
+        with self._db.write() as db:
+            stored = store_upload(
+                db, self._artifacts, [output.encode()], media_type="text/plain; charset=utf-8"
+            )
+        return stored.artifact.digest
 
     def _load(self, turn: Turn) -> tuple[Agent, list[dict[str, Any]]]:
         with self._db.read() as db:

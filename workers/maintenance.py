@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -40,7 +41,25 @@ def run_reap_turns(db: Database, params: dict[str, Any], now: float) -> dict[str
     return {"failed_turns": reaped}
 
 
+def run_cas_gc(db: Database, params: dict[str, Any], now: float) -> dict[str, Any]:
+    from shared.cas.gc import collect_garbage
+    from shared.cas.stores import make_artifact_store
+    from workers import runtime
+
+    max_delete = params.get("max_delete")
+    report = collect_garbage(
+        db,
+        make_artifact_store(runtime.settings()),
+        older_than_s=parse_duration(str(params.get("older_than", "24h"))),
+        dry_run=bool(params.get("dry_run", False)),
+        max_delete=int(max_delete) if max_delete is not None else None,
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    return report.as_dict()
+
+
 JOB_FUNCTIONS: dict[str, JobFunction] = {
+    "cas_gc": run_cas_gc,
     "cleanup_sessions": run_cleanup_sessions,
     "reap_turns": run_reap_turns,
 }

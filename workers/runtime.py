@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from dramatiq.broker import Broker
 
 from shared.agents.models import Agent
+from shared.cas.stores import make_artifact_store
 from shared.db import Database, make_engine
 from shared.events.live import EventPublisher
 from shared.heartbeat import HeartbeatWriter
@@ -130,6 +131,7 @@ def build_runtime(
         ToolRegistry(workspace_tools(settings.workspace)),
         LexicalSearch(settings.workspace),
         LoopSettings(context_tokens=settings.context_tokens),
+        make_artifact_store(settings),
     )
     runner = TurnRunner(
         db=db,

@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from shared.clock import Clock, system_clock
 from shared.db import Database
+from shared.heartbeat import HeartbeatWriter
 from shared.jobs.catalog import enqueue_job, record_job
 from shared.queues import Enqueuer
 from shared.scheduling.service import SqlLeaderLock, claim_slot
@@ -46,10 +47,16 @@ class CronJob:
 def maintenance_jobs(settings: Settings) -> list[CronJob]:
     return [
         CronJob("cas_gc", settings.schedule_cas_gc, {"older_than": settings.cas_gc_older_than}),
-        CronJob("cleanup_sessions", settings.schedule_session_cleanup,
-                {"older_than": settings.session_retention}),
-        CronJob("reap_turns", settings.schedule_reap_turns,
-                {"stale_after": f"{settings.turn_time_limit_s * 2}s"}),
+        CronJob(
+            "cleanup_sessions",
+            settings.schedule_session_cleanup,
+            {"older_than": settings.session_retention},
+        ),
+        CronJob(
+            "reap_turns",
+            settings.schedule_reap_turns,
+            {"stale_after": f"{settings.turn_time_limit_s * 2}s"},
+        ),
     ]
 
 
@@ -69,19 +76,21 @@ class Scheduler:
         self._clock = clock
         self._grace_s = settings.scheduler_misfire_grace_s
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-        self.lock = SqlLeaderLock(db, "scheduler", ttl_s=settings.scheduler_lease_ttl_s,
-                                  clock=clock)
+        self.lock = SqlLeaderLock(
+            db, "scheduler", ttl_s=settings.scheduler_lease_ttl_s, clock=clock
+        )
         self.automation = AutomationLoop(db, enqueuer, clock=clock)
         self.jobs = maintenance_jobs(settings) if jobs is None else jobs
         self.leading = False
+        # `foxctl health` reads "worker" heartbeats for any process without a port.
+        self.heartbeat = HeartbeatWriter(settings.run_dir, "worker")
 
     def renew_leadership(self) -> bool:
         leading = self.lock.acquire(self.holder)
         changed = leading != self.leading
         self.leading = leading
         if changed:
-            log.info("scheduler leadership " + ("taken" if leading else "lost"),
-                     holder=self.holder)
+            log.info("scheduler leadership " + ("taken" if leading else "lost"), holder=self.holder)
         if changed and leading:
             self.catch_up()
         return leading
@@ -130,24 +139,44 @@ class Scheduler:
         """Run until SIGTERM or SIGINT; release leadership on the way out."""
         scheduler = BlockingScheduler(timezone=UTC)
         beat_s = self.lock.ttl_s / 3
-        scheduler.add_job(self.renew_leadership, "interval", seconds=beat_s,
-                          next_run_time=datetime.now(UTC), id="leadership")
-        scheduler.add_job(self.run_automation, "interval", seconds=1, id="automation",
-                          max_instances=1, coalesce=True)
+        scheduler.add_job(
+            self.renew_leadership,
+            "interval",
+            seconds=beat_s,
+            next_run_time=datetime.now(UTC),
+            id="leadership",
+        )
+        scheduler.add_job(
+            self.run_automation,
+            "interval",
+            seconds=1,
+            id="automation",
+            max_instances=1,
+            coalesce=True,
+        )
         for job in self.jobs:
-            scheduler.add_job(self.fire_due, job.trigger(), args=[job], id=job.name,
-                              misfire_grace_time=self._grace_s, coalesce=True)
+            scheduler.add_job(
+                self.fire_due,
+                job.trigger(),
+                args=[job],
+                id=job.name,
+                misfire_grace_time=self._grace_s,
+                coalesce=True,
+            )
 
         def stop(signum: int, frame: FrameType | None) -> None:
             log.info("scheduler stopping", signal=signum)
+            self.heartbeat.stopping = True
             scheduler.shutdown(wait=False)
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info("scheduler started", holder=self.holder, jobs=[j.name for j in self.jobs])
+        self.heartbeat.start()
         try:
             scheduler.start()
         finally:
+            self.heartbeat.stop()
             self.lock.release(self.holder)
             log.info("scheduler stopped", holder=self.holder)
 

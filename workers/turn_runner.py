@@ -14,6 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from shared.agents.models import Agent, AgentStatus
+from shared.cas.models import OwnerKind
+from shared.cas.service import add_reference
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.errors import UnavailableError
@@ -259,8 +261,14 @@ class _Scope:
         if cancel_requested:
             self._cancel()
 
-    def record(self, event: EventType, data: dict[str, Any]) -> None:
+    def record(
+        self, event: EventType, data: dict[str, Any], *, artifacts: tuple[str, ...] = ()
+    ) -> None:
         with self._fenced() as db:
+            for digest in artifacts:
+                add_reference(
+                    db, digest, OwnerKind.turn, self._turn.id, session_id=self._turn.session_id
+                )
             self._last_seq = append_event(
                 db, self._turn.session_id, event, data, turn_id=self._turn.id
             ).seq

@@ -7,6 +7,7 @@ from sqlmodel import Session, col, select
 
 from shared.agents.models import AgentMode, AgentStatus
 from shared.agents.service import find_agent
+from shared.cas.service import release_session_references
 from shared.clock import Clock, system_clock
 from shared.ids import IdGenerator, ids
 from shared.sessions.errors import SessionNotFound
@@ -71,6 +72,7 @@ def delete_session(db: Session, session_id: str) -> None:
     from shared.turns.models import Turn
 
     session = get_session(db, session_id, for_update=True)
+    release_session_references(db, session_id)
     # The session row is locked first, as in a worker's fenced write, so the delete of
     # the lease row below cannot deadlock with a running turn. Explicit deletes: SQLite
     # enforces ON DELETE CASCADE only with foreign_keys=ON.

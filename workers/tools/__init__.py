@@ -91,7 +91,9 @@ class ToolRegistry:
             output = tool.run(arguments)
         except ToolError as error:
             return _error(call, str(error))
-        return ToolResult(call.id, call.name, truncate(output), ok=True)
+        # Output is returned whole; the agent loop stores long output in the artifact
+        # store and shows the model a truncated copy.
+        return ToolResult(call.id, call.name, output, ok=True)
 
 
 def truncate(text: str, limit_bytes: int = MAX_OUTPUT_BYTES) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from workers.tools import MAX_OUTPUT_BYTES, ToolError
+from workers.tools import ToolError
 
 #: Bytes read to decide whether a file is binary (a NUL byte means binary).
 SNIFF_BYTES = 8192
@@ -24,6 +24,9 @@ MAX_GREP_RESULTS = 200
 #: code_grep skips files larger than this.
 MAX_GREP_FILE_BYTES = 2 * 1024 * 1024
 MAX_WRITE_BYTES = 1024 * 1024
+#: Most fs_read_file returns at once. Output over 64 KiB reaches the model truncated,
+#: and whole in the artifact store.
+MAX_READ_BYTES = 4 * 1024 * 1024
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv"})
 
 
@@ -253,8 +256,7 @@ def _read_lines(path: Path, start: int, end: int | None) -> str:
                 break
             entry = f"{number}: {line}"
             size += len(entry.encode())
-            # Leave room for the marker, so the registry's byte cut never hides it.
-            if size > MAX_OUTPUT_BYTES - 200:
+            if size > MAX_READ_BYTES:
                 lines.append(
                     f"[output truncated at line {number}; read from there with "
                     f"start_line={number}]\n"
