@@ -129,3 +129,31 @@ def test_upload_needs_token(foxctl: Harness) -> None:
     result = foxctl.client.simulate_put("/api/cas", body=b"x")
 
     assert result.status_code == 401
+
+
+def test_cut_off_upload_is_abandoned() -> None:
+    import asyncio
+
+    from web.errors import ApiError
+    from web.resources.cas import _feed
+
+    class CutOffStream:
+        def __init__(self) -> None:
+            self.parts = [b"x" * 1000]
+
+        async def read(self, size: int) -> bytes:
+            return self.parts.pop() if self.parts else b""
+
+    class Request:
+        stream = CutOffStream()
+
+    async def feed() -> list[object]:
+        chunks: asyncio.Queue[object] = asyncio.Queue()
+        with pytest.raises(ApiError) as caught:
+            await _feed(Request(), chunks, 5000)  # type: ignore[arg-type]
+        assert caught.value.error_code == "upload_incomplete"
+        return [chunks.get_nowait() for _ in range(chunks.qsize())]
+
+    queued = asyncio.run(feed())
+
+    assert queued == [b"x" * 1000]

@@ -7,6 +7,7 @@ through small bounded queues: neither side holds a whole object in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -48,8 +49,9 @@ class ArtifactsResource:
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         media_type = req.content_type or DEFAULT_MEDIA_TYPE
         service.check_media_type(media_type)
+        declared = _declared_length(req, self._ctx.settings.max_upload_bytes)
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUE_CHUNKS)
 
         def upload() -> service.StoredArtifact:
             with self._ctx.db.write() as db:
@@ -59,10 +61,13 @@ class ArtifactsResource:
 
         pending = loop.run_in_executor(self._ctx.executor, upload)
         try:
-            await _feed(req, chunks, self._ctx.settings.max_upload_bytes)
-        except BaseException:
-            await chunks.put(None)
-            pending.cancel()
+            await _feed(req, chunks, declared)
+        except BaseException as error:
+            # The upload thread sees the error, the store discards what it staged, and
+            # the thread ends before this request does.
+            await chunks.put(error)
+            with contextlib.suppress(BaseException):
+                await pending
             raise
         stored = await pending
         resp.status = falcon.HTTP_201 if stored.created else falcon.HTTP_200
@@ -126,33 +131,57 @@ class ArtifactPinResource:
         resp.media = await self._ctx.run(apply)
 
 
+def _declared_length(req: falcon.asgi.Request, limit_bytes: int) -> int:
+    """Return the upload's Content-Length; a body without one cannot be checked whole."""
+    if req.content_length is None:
+        raise ApiError(
+            falcon.HTTP_411,
+            "length_required",
+            "uploads need a Content-Length header, so that a cut-off upload is not stored",
+        )
+    if req.content_length > limit_bytes:
+        raise ApiError(
+            falcon.HTTP_413,
+            "upload_too_large",
+            f"upload of {req.content_length} bytes is larger than the limit of "
+            f"{limit_bytes} bytes (FOXCTL_MAX_UPLOAD_BYTES)",
+            details={"limit_bytes": limit_bytes},
+        )
+    return req.content_length
+
+
+class UploadCutOff(Exception):
+    """The body ended before its Content-Length; nothing of it is stored."""
+
+
 async def _feed(
-    req: falcon.asgi.Request, chunks: asyncio.Queue[bytes | None], limit_bytes: int
+    req: falcon.asgi.Request,
+    chunks: asyncio.Queue[bytes | BaseException | None],
+    declared_bytes: int,
 ) -> None:
     received = 0
-    while True:
-        data = await req.stream.read(UPLOAD_CHUNK_BYTES)
+    while received < declared_bytes:
+        data = await req.stream.read(min(UPLOAD_CHUNK_BYTES, declared_bytes - received))
         if not data:
-            break
-        received += len(data)
-        if received > limit_bytes:
             raise ApiError(
-                falcon.HTTP_413,
-                "upload_too_large",
-                f"upload is larger than the limit of {limit_bytes} bytes (FOXCTL_MAX_UPLOAD_BYTES)",
-                details={"limit_bytes": limit_bytes},
+                falcon.HTTP_400,
+                "upload_incomplete",
+                f"the upload ended after {received} of {declared_bytes} bytes; send it again",
             )
+        received += len(data)
         await chunks.put(data)
     await chunks.put(None)
 
 
 def _from_queue(
-    chunks: asyncio.Queue[bytes | None], loop: asyncio.AbstractEventLoop
+    chunks: asyncio.Queue[bytes | BaseException | None], loop: asyncio.AbstractEventLoop
 ) -> Iterator[bytes]:
     while True:
         chunk = asyncio.run_coroutine_threadsafe(chunks.get(), loop).result()
         if chunk is None:
             return
+        if isinstance(chunk, BaseException):
+            raise UploadCutOff("the upload was abandoned") from chunk
         yield chunk
 
 
