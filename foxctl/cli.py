@@ -128,6 +128,9 @@ def web_serve(workers: int | None) -> None:
         "60",
         "--keep-alive",
         "75",
+        # gunicorn's control socket would live under $HOME, which is read-only or
+        # missing in the container, and foxctl does not use it.
+        "--no-control-socket",
         "--access-logfile",
         "-" if settings.log_level == "debug" else "/dev/null",
         "web.asgi:create()",

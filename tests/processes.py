@@ -75,14 +75,16 @@ def _base_env() -> dict[str, str]:
     return {key: os.environ[key] for key in keep if key in os.environ}
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "foxctl", *args],
         env={**_base_env(), **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
     )
 
 
