@@ -6,14 +6,13 @@ time is claimed in the database, so every think or tick is queued once.
 
 from __future__ import annotations
 
-import threading
-
 import structlog
 
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.queues import Enqueuer
 from shared.turns.automation import due_sessions, fire_wake
+from workers.periodic import PeriodicThread
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +28,8 @@ class AutomationLoop:
     ) -> None:
         self._db = db
         self._enqueuer = enqueuer
-        self._interval_s = interval_s
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread("automation", interval_s, self.run_due)
 
     def run_due(self) -> int:
         """Queue every due think or tick turn; return how many were queued."""
@@ -50,18 +47,7 @@ class AutomationLoop:
         return queued
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="automation", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.run_due()
-            except Exception:
-                # Keep the loop alive through a database or broker outage.
-                log.exception("automation pass failed")
+        self._periodic.stop()

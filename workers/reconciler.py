@@ -7,14 +7,13 @@ sessions that still have queued or running turns and no live lease get a new wak
 
 from __future__ import annotations
 
-import threading
-
 import structlog
 
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.queues import Enqueuer
 from shared.turns.service import sessions_needing_work
+from workers.periodic import PeriodicThread
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +26,7 @@ class Reconciler:
         self._enqueuer = enqueuer
         self._interval_s = interval_s
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread("reconciler", interval_s, self.reconcile_once)
 
     def reconcile_once(self) -> int:
         """Wake sessions that have unfinished turns and no live lease; return the count.
@@ -46,18 +44,7 @@ class Reconciler:
         return len(session_ids)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.reconcile_once()
-            except Exception:
-                # Keep the loop alive through a database or broker outage.
-                log.exception("reconcile pass failed")
+        self._periodic.stop()
