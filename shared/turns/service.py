@@ -67,7 +67,7 @@ def submit_message(
             turn_id=active.id,
         )
     if active is not None and policy == BusyPolicy.interrupt:
-        _request_cancel_all(db, session_id)
+        cancel_session_turns(db, session_id, reason="interrupted by a newer message")
         # The cancel events bumped the counter in the database; the in-memory count
         # used below must start from there.
         db.flush()
@@ -237,10 +237,6 @@ def finish_turn(db: Session, turn: Turn, status: TurnStatus, *, error: str | Non
     if error is not None:
         data["error"] = error
     append_event(db, turn.session_id, event_type, data, turn_id=turn.id)
-
-
-def _request_cancel_all(db: Session, session_id: str) -> None:
-    cancel_session_turns(db, session_id, reason="interrupted by a newer message")
 
 
 def cancel_session_turns(db: Session, session_id: str, *, reason: str) -> None:
