@@ -14,6 +14,8 @@ from dramatiq import Worker
 from shared.agents.models import AgentCreate, AgentRole
 from shared.agents.service import create_agent, list_agents
 from shared.db import Database, make_engine
+from shared.events.fanout import make_publisher
+from shared.events.live import EventPublisher
 from shared.logging import configure_logging
 from shared.migrate import upgrade
 from shared.queues import Enqueuer
@@ -64,20 +66,23 @@ def run_up(
     engine.dispose()
 
     first_session = _ensure_default_session(settings)
-    worker = _start_worker(settings, threads)
+    # The worker and the web server share one publisher: with memory:// the web
+    # server's hub listens to it in this process.
+    publisher = make_publisher(settings)
+    worker = _start_worker(settings, threads, publisher)
     automation = _start_automation(settings)
     _print_welcome(settings, first_session)
     try:
-        _serve(settings)
+        _serve(settings, publisher)
     finally:
         automation.stop()
         _stop_worker(worker, settings)
 
 
-def _start_worker(settings: Settings, threads: int) -> Worker:
+def _start_worker(settings: Settings, threads: int, publisher: EventPublisher) -> Worker:
     from workers import runtime
 
-    runtime.configure(settings)
+    runtime.configure(settings, publisher)
     from workers.main import broker
 
     # The dramatiq CLI emits process_boot in each worker process; here we are that process.
@@ -134,11 +139,11 @@ def _stop_worker(worker: Worker, settings: Settings) -> None:
     log.info("in-process worker stopped")
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, publisher: EventPublisher) -> None:
     from web.app import build_context, create_app
     from workers.main import broker
 
-    app = create_app(build_context(settings, broker=broker))
+    app = create_app(build_context(settings, broker=broker, publisher=publisher))
     # uvicorn re-raises SIGINT or SIGTERM after its graceful shutdown, which would kill
     # the process before the worker stops. With these no-op handlers installed first,
     # the re-raised signal returns here and the process exits 0 after the worker stops.

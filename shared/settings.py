@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1024**3, ge=1024)
     token_cache_s: float = Field(default=10.0, ge=0)
     web_graceful_timeout_s: int = Field(default=25, ge=1)
+    # Live events over SSE and the console WebSocket.
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    ws_ping_s: float = Field(default=20.0, gt=0)
+    # Comma-separated origins such as https://console.example.com; empty allows only
+    # pages served from the same host as the API.
+    ws_allowed_origins: str = ""
+    # Events buffered per viewer; a viewer that falls further behind is disconnected
+    # and resumes from its last sequence number.
+    ws_queue_events: int = Field(default=1000, ge=1, le=100_000)
+    # Signs short-lived console tokens. Unset, each process generates its own, so a
+    # token works only on the replica that issued it: set it when running replicas.
+    console_token_secret: SecretStr | None = None
 
     # Turns.
     lease_ttl_s: float = Field(default=30.0, gt=0)
@@ -150,6 +162,12 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def ws_origins(self) -> frozenset[str]:
+        """Allowed WebSocket origins, without trailing slashes."""
+        parts = (part.strip().rstrip("/") for part in self.ws_allowed_origins.split(","))
+        return frozenset(part for part in parts if part)
+
+    @property
     def sqlite_path(self) -> Path:
         return self.storage_root / "foxctl.db"
 
@@ -187,7 +205,7 @@ def _describe(error: ValidationError) -> str:
     return f"invalid {variable}={shown!r}: {message}"
 
 
-_SECRET_FIELDS = {"postgres_dsn", "llm_api_key", "api_token"}
+_SECRET_FIELDS = {"postgres_dsn", "llm_api_key", "api_token", "console_token_secret"}
 
 
 def _variable_name(field: str) -> str:

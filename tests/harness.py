@@ -61,7 +61,9 @@ class Harness:
             holder_prefix="test",
             stopping=self.stopping,
         )
-        self.app = create_app(build_context(settings, db=db, broker=self.broker))
+        self.app = create_app(
+            build_context(settings, db=db, broker=self.broker, publisher=self.publisher)
+        )
         self.client = falcon.testing.TestClient(self.app)
         with db.write() as session:
             _, self.token = create_token(session, "tests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import falcon
@@ -12,6 +13,8 @@ from dramatiq.broker import Broker
 from shared.broker import make_broker
 from shared.cas.stores import make_artifact_store
 from shared.db import Database, make_engine
+from shared.events.fanout import make_event_hub, make_publisher
+from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
 from shared.settings import Settings
 from web import errors
@@ -25,9 +28,11 @@ from web.resources.agents import (
     AgentStopResource,
 )
 from web.resources.cas import ArtifactPinResource, ArtifactResource, ArtifactsResource
+from web.resources.console import ConsoleResource
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
 from web.resources.jobs import JobsResource
+from web.resources.live import ConsoleTokenResource, SessionEventsResource
 from web.resources.openapi import OpenApiResource
 from web.resources.sessions import SessionMessagesResource, SessionResource, SessionsResource
 from web.resources.turns import TurnCancelResource, TurnResource
@@ -43,7 +48,7 @@ class Lifespan:
         self._ctx = ctx
 
     async def process_startup(self, scope: Any, event: Any) -> None:
-        self._ctx.start()
+        await self._ctx.start()
         log.info(
             "web process started",
             auth=self._ctx.settings.auth,
@@ -56,11 +61,17 @@ class Lifespan:
 
 
 def build_context(
-    settings: Settings, *, db: Database | None = None, broker: Broker | None = None
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    broker: Broker | None = None,
+    publisher: EventPublisher | None = None,
 ) -> WebContext:
+    """Build the context; ``publisher`` is the in-process one shared with a worker, if any."""
     owns_db = db is None
     db = db or Database(make_engine(settings))
     broker = broker or make_broker(settings)
+    publisher = publisher or make_publisher(settings)
     # One thread per pooled connection: more threads would only queue on the pool.
     io_threads = settings.postgres_max_conns if settings.db_driver == "postgres" else 8
     return WebContext(
@@ -69,9 +80,23 @@ def build_context(
         broker=broker,
         enqueuer=Enqueuer(broker),
         drain=DrainState(settings.run_dir),
+        publisher=publisher,
+        hub=make_event_hub(settings, publisher),
+        console_secret=console_secret(settings),
         io_threads=io_threads,
         owns_db=owns_db,
     )
+
+
+def console_secret(settings: Settings) -> bytes:
+    if settings.console_token_secret is not None:
+        return settings.console_token_secret.get_secret_value().encode()
+    if settings.web_concurrency > 1 or not settings.broker_url.startswith("memory://"):
+        log.warning(
+            "FOXCTL_CONSOLE_TOKEN_SECRET is not set; console tokens work only on the "
+            "process that issued them, so set it when running several web processes"
+        )
+    return secrets.token_bytes(32)
 
 
 def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
@@ -109,6 +134,9 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "sessions": SessionsResource(ctx),
         "session": SessionResource(ctx),
         "session_messages": SessionMessagesResource(ctx),
+        "session_events": SessionEventsResource(ctx),
+        "console_token": ConsoleTokenResource(ctx),
+        "console": ConsoleResource(ctx),
         "turn": TurnResource(ctx),
         "turn_cancel": TurnCancelResource(ctx),
         "events": EventsResource(ctx),

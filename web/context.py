@@ -15,6 +15,8 @@ from typing import TypeVar
 from dramatiq.broker import Broker
 
 from shared.db import Database
+from shared.events.hub import EventHub
+from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
 from shared.settings import Settings
 from web.drain import DrainState
@@ -29,17 +31,26 @@ class WebContext:
     broker: Broker
     enqueuer: Enqueuer
     drain: DrainState
+    #: Publishes events that web requests commit, such as a posted message.
+    publisher: EventPublisher
+    #: Delivers published events to this process's SSE and WebSocket viewers.
+    hub: EventHub
+    #: Key for console tokens (HMAC-SHA256).
+    console_secret: bytes
     io_threads: int = 8
     #: False when the caller passed its own database and closes it itself.
     owns_db: bool = True
     executor: ThreadPoolExecutor | None = None
 
-    def start(self) -> None:
-        """Start the thread pool and the drain watcher; called on ASGI startup."""
+    async def start(self) -> None:
+        """Start the thread pool, the drain watcher and the event hub on ASGI startup."""
         self.executor = ThreadPoolExecutor(self.io_threads, thread_name_prefix="web-io")
         self.drain.start()
+        await self.hub.start()
 
     async def stop(self) -> None:
+        # Ending the hub first closes open WebSockets with 1012 and ends SSE streams.
+        await self.hub.stop()
         await self.drain.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=True)

@@ -38,6 +38,8 @@ class DrainState:
         self.in_flight = 0
         self._task: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        #: Set when draining begins, so open WebSockets can close without polling.
+        self.began = asyncio.Event()
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,7 @@ class DrainState:
     def begin(self, reason: str) -> None:
         if not self.draining:
             self.draining = True
+            self.began.set()
             log.info("draining started", reason=reason)
 
     def _drain_requested(self, marker: Path) -> bool:

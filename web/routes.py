@@ -23,6 +23,7 @@ from shared.sessions.models import (
     SessionOut,
 )
 from shared.turns.models import TurnOut
+from web.console_tokens import ConsoleTokenOut
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Operation:
     public: bool = False
     # Media type of a raw (non-JSON) request body, such as an upload.
     raw_body: str | None = None
+    # The response may also be a text/event-stream, chosen by the Accept header.
+    event_stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,64 @@ ROUTES: tuple[Route, ...] = (
                         "repeat a post safely: the same key and content "
                         "return the first post's ids",
                         location="header",
+                    ),
+                ),
+            ),
+        },
+    ),
+    Route(
+        "/api/sessions/{session_id}/events",
+        "session_events",
+        {
+            "get": Operation(
+                "List a session's events, or stream them with Accept: text/event-stream",
+                200,
+                EventOut,
+                paged=True,
+                event_stream=True,
+                errors=(404,),
+                params=(
+                    Param("limit", "items per page, 1 to 500", {"type": "integer", "default": 100}),
+                    Param(
+                        "after",
+                        "only events after this sequence number (a stream without it or "
+                        "Last-Event-ID starts with the next event)",
+                        {"type": "integer"},
+                    ),
+                    Param(
+                        "Last-Event-ID",
+                        "stream: resume after this sequence number (the last id: received)",
+                        location="header",
+                    ),
+                ),
+            ),
+        },
+    ),
+    Route(
+        "/api/sessions/{session_id}/console-token",
+        "console_token",
+        {
+            "post": Operation(
+                "Issue a token, valid for 60 s, that opens this session's console WebSocket",
+                201,
+                ConsoleTokenOut,
+                errors=(404,),
+            ),
+        },
+    ),
+    Route(
+        "/ws/console/{session_id}",
+        "console",
+        {
+            "get": Operation(
+                "Open the console WebSocket: session events, ask, cancel and resume frames",
+                101,
+                params=(
+                    Param("token", "console token, for clients that cannot send a header"),
+                    Param(
+                        "after",
+                        "replay persisted events after this sequence number first",
+                        {"type": "integer"},
                     ),
                 ),
             ),
@@ -362,6 +423,8 @@ def _response(operation: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     if operation.response is None:
         if operation.status == 204:
             return {"description": "done"}
+        if operation.status == 101:
+            return {"description": "switching protocols to a WebSocket"}
         return {
             "description": "ok",
             "content": {"application/json": {"schema": {"type": "object"}}},
@@ -376,7 +439,12 @@ def _response(operation: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
             },
             "required": ["items", "next_cursor"],
         }
-    return {"description": "ok", "content": {"application/json": {"schema": schema}}}
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if operation.event_stream:
+        content["text/event-stream"] = {
+            "schema": {"type": "string", "description": "id: <seq>, event: <type>, data: <JSON>"}
+        }
+    return {"description": "ok", "content": content}
 
 
 def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:

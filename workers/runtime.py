@@ -16,6 +16,7 @@ from dramatiq.broker import Broker
 from shared.agents.models import Agent
 from shared.cas.stores import make_artifact_store
 from shared.db import Database, make_engine
+from shared.events.fanout import make_publisher
 from shared.events.live import EventPublisher
 from shared.heartbeat import HeartbeatWriter
 from shared.queues import Enqueuer
@@ -138,7 +139,7 @@ def build_runtime(
         lock=lock,
         enqueuer=enqueuer,
         loop=loop,
-        publisher=publisher,
+        publisher=publisher or make_publisher(settings),
         holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
         stopping=stopping,
         time_limit_s=settings.turn_time_limit_s,
@@ -149,12 +150,18 @@ def build_runtime(
 
 
 _settings: Settings | None = None
+_publisher: EventPublisher | None = None
 
 
-def configure(value: Settings) -> None:
-    """Use ``value`` instead of reading the environment (``foxctl up`` and tests)."""
-    global _settings
+def configure(value: Settings, publisher: EventPublisher | None = None) -> None:
+    """Use ``value`` instead of reading the environment (``foxctl up`` and tests).
+
+    ``publisher`` replaces the one chosen from the settings, so that ``foxctl up`` can
+    share an in-process publisher with its web server.
+    """
+    global _settings, _publisher
     _settings = value
+    _publisher = publisher
 
 
 def settings() -> Settings:
@@ -173,7 +180,7 @@ _current: WorkerRuntime | None = None
 def start_process(broker: Broker) -> WorkerRuntime:
     """Build this process's runtime; called once per process after fork."""
     global _current
-    _current = build_runtime(settings(), broker)
+    _current = build_runtime(settings(), broker, _publisher)
     return _current
 
 

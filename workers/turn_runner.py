@@ -19,9 +19,9 @@ from shared.cas.service import add_reference
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.errors import UnavailableError
-from shared.events.live import EventPublisher, NullPublisher
+from shared.events.live import EventPublisher, NullPublisher, publish_all
 from shared.events.models import EventType
-from shared.events.service import append_event
+from shared.events.service import append_event, take_appended
 from shared.queues import Enqueuer
 from shared.sessions.models import AgentSession
 from shared.turns import service as turns
@@ -182,24 +182,29 @@ class TurnRunner:
         """Start the session's next turn; return it with its turn.started sequence."""
         with self._db.write() as db:
             self._lock.fence(db, session_id, token)
-            while (turn := turns.next_turn(db, session_id)) is not None:
-                if turn.cancel_requested:
-                    turns.finish_turn(db, turn, TurnStatus.cancelled, error="cancelled")
-                    continue
-                if turn.status == TurnStatus.running and turn.attempts >= self._max_attempts:
-                    # The holders of earlier attempts died mid-turn (the lease expired
-                    # while the turn was running). Stop retrying a turn that kills workers.
-                    turns.finish_turn(
-                        db,
-                        turn,
-                        TurnStatus.failed,
-                        error=f"worker stopped {turn.attempts} times while running this turn",
-                    )
-                    continue
-                if turn.status == TurnStatus.running:
-                    log.warning("re-running a turn whose worker died", turn_id=turn.id)
-                started_seq = turns.start_turn(db, turn)
-                return turn, started_seq
+            started = self._pick_next(db, session_id)
+        self._publish_committed(session_id, db)
+        return started
+
+    def _pick_next(self, db: Session, session_id: str) -> tuple[Turn, int] | None:
+        while (turn := turns.next_turn(db, session_id)) is not None:
+            if turn.cancel_requested:
+                turns.finish_turn(db, turn, TurnStatus.cancelled, error="cancelled")
+                continue
+            if turn.status == TurnStatus.running and turn.attempts >= self._max_attempts:
+                # The holders of earlier attempts died mid-turn (the lease expired
+                # while the turn was running). Stop retrying a turn that kills workers.
+                turns.finish_turn(
+                    db,
+                    turn,
+                    TurnStatus.failed,
+                    error=f"worker stopped {turn.attempts} times while running this turn",
+                )
+                continue
+            if turn.status == TurnStatus.running:
+                log.warning("re-running a turn whose worker died", turn_id=turn.id)
+            started_seq = turns.start_turn(db, turn)
+            return turn, started_seq
         return None
 
     def _run_turn(self, turn: Turn, token: int, keeper: LeaseKeeper, started_seq: int) -> None:
@@ -212,6 +217,11 @@ class TurnRunner:
         with self._db.write() as db:
             self._lock.fence(db, session_id, token)
             yield db
+        # Only reached after the commit: a rolled-back write publishes nothing.
+        self._publish_committed(session_id, db)
+
+    def _publish_committed(self, session_id: str, db: Session) -> None:
+        publish_all(self._publisher, session_id, take_appended(db))
 
     def _has_active_turn(self, session_id: str) -> bool:
         with self._db.read() as db:

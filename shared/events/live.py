@@ -7,8 +7,12 @@ sequence number of the last persisted event before it, so a viewer can place it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 LiveEvent = dict[str, Any]
 
@@ -46,3 +50,21 @@ class MemoryPublisher:
             callbacks = list(self._subscribers.get(session_id, []))
         for callback in callbacks:
             callback(event)
+
+
+def publish_all(publisher: EventPublisher, session_id: str, events: Iterable[LiveEvent]) -> None:
+    """Publish committed ``events`` in order; log a failure instead of raising it.
+
+    Viewers fill any gap from the database when the next event reaches them, so a lost
+    publication delays events but never loses them.
+    """
+    for event in events:
+        try:
+            publisher.publish(session_id, event)
+        except Exception as error:
+            log.warning(
+                "event publication failed",
+                session_id=session_id,
+                seq=event.get("seq"),
+                error=str(error),
+            )

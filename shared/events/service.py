@@ -7,8 +7,12 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from shared.events.models import Event, EventType
+from shared.events.models import Event, EventOut, EventType
 from shared.sessions.models import AgentSession
+
+# Key in ``Session.info`` under which ``append_event`` keeps the events it added, so
+# that the caller can publish them once the transaction has committed.
+_APPENDED = "foxctl.appended_events"
 
 
 def append_event(
@@ -36,7 +40,23 @@ def append_event(
         session_id=session_id, seq=seq, turn_id=turn_id, type=event_type.value, data=data or {}
     )
     db.add(event)
+    db.info.setdefault(_APPENDED, []).append(event)
     return event
+
+
+def take_appended(db: Session) -> list[dict[str, Any]]:
+    """Return the events appended in ``db`` as JSON-ready dicts, and forget them.
+
+    Call it after the commit: the events get their ids at flush, and publishing an event
+    whose transaction later rolled back would show viewers something that never happened.
+    """
+    events: list[Event] = db.info.pop(_APPENDED, [])
+    return [event_json(event) for event in events]
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """Return ``event`` in the shape the API and live streams send."""
+    return EventOut.model_validate(event, from_attributes=True).model_dump(mode="json")
 
 
 def _next_seq(db: Session, session_id: str) -> int:

@@ -4,6 +4,8 @@ import falcon
 import falcon.asgi
 import structlog
 
+from shared.events.live import publish_all
+from shared.events.service import take_appended
 from shared.sessions import service
 from shared.sessions.models import (
     BusyPolicy,
@@ -106,7 +108,9 @@ class SessionMessagesResource:
         key = _idempotency_key(req)
         body = await read_model(req, MessageCreate, self._ctx.settings.max_body_bytes)
 
-        submission = await self._ctx.run(lambda: self._submit(session_id, body.content, key))
+        submission = await self._ctx.run(
+            lambda: submit_and_wake(self._ctx, session_id, body.content, key)
+        )
         # A replay answers like the first post did, with `replayed` set.
         resp.status = falcon.HTTP_202
         resp.media = MessageAccepted(
@@ -117,23 +121,30 @@ class SessionMessagesResource:
             replayed=submission.replayed,
         ).model_dump(mode="json")
 
-    def _submit(self, session_id: str, content: str, key: str | None) -> Submission:
-        with self._ctx.db.write() as db:
-            submission = submit_message(db, session_id, content, idempotency_key=key)
-        if submission.replayed:
-            return submission
-        # The message is committed before the wake-up is sent. If the broker is down,
-        # the reconciler sends the wake-up later, so the post still succeeds.
-        try:
-            self._ctx.enqueuer.wake_session(session_id)
-        except Exception as error:
-            log.warning(
-                "enqueue failed; the reconciler will pick the turn up",
-                session_id=session_id,
-                turn_id=submission.turn.id,
-                error=str(error),
-            )
+
+def submit_and_wake(ctx: WebContext, session_id: str, content: str, key: str | None) -> Submission:
+    """Commit a message and its turn, publish their events, and wake a worker.
+
+    Blocking: run it in the context's thread pool. Shared by the HTTP API and the
+    console WebSocket.
+    """
+    with ctx.db.write() as db:
+        submission = submit_message(db, session_id, content, idempotency_key=key)
+    publish_all(ctx.publisher, session_id, take_appended(db))
+    if submission.replayed:
         return submission
+    # The message is committed before the wake-up is sent. If the broker is down,
+    # the reconciler sends the wake-up later, so the post still succeeds.
+    try:
+        ctx.enqueuer.wake_session(session_id)
+    except Exception as error:
+        log.warning(
+            "enqueue failed; the reconciler will pick the turn up",
+            session_id=session_id,
+            turn_id=submission.turn.id,
+            error=str(error),
+        )
+    return submission
 
 
 def _idempotency_key(req: falcon.asgi.Request) -> str | None:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import falcon.asgi
 
+from shared.events.live import publish_all
+from shared.events.service import take_appended
 from shared.turns import service
 from shared.turns.models import TurnOut
 from web.context import WebContext
@@ -31,7 +33,9 @@ class TurnCancelResource:
     ) -> None:
         def cancel() -> object:
             with self._ctx.db.write() as db:
-                return dump(TurnOut, service.request_cancel(db, turn_id))
+                turn = dump(TurnOut, service.request_cancel(db, turn_id))
+            publish_all(self._ctx.publisher, turn["session_id"], take_appended(db))
+            return turn
 
         resp.media = await self._ctx.run(cancel)
         resp.status = falcon.HTTP_202
