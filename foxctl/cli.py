@@ -320,7 +320,7 @@ def turns() -> None:
     "--stale-after",
     default="1h",
     show_default=True,
-    help="Fail running turns that no worker holds and that started this long ago.",
+    help="Fail running turns that no live worker leases and that started this long ago.",
 )
 @click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
 @one_line_errors

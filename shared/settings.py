@@ -1,8 +1,8 @@
 """One typed settings object, read once from the environment.
 
-Nothing else in foxctl reads ``os.environ``. Every field names its variable, its default
-and its unit; an invalid value stops the process with one line that names the variable,
-the value and what is accepted.
+Nothing else in foxctl reads ``os.environ``. Each field gives its variable, default and
+unit. An invalid value stops the process with one line that names the variable, the
+value and the accepted values.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LEGACY_KEYS = {
 
 
 class SettingsError(Exception):
-    """Raised when the environment holds a value foxctl cannot use."""
+    """Raised when the environment contains a value foxctl cannot use."""
 
 
 class Settings(BaseSettings):
@@ -101,8 +101,8 @@ class Settings(BaseSettings):
     turn_max_retries: int = Field(default=3, ge=0, le=20)
     turn_time_limit_s: int = Field(default=900, ge=1)
     worker_shutdown_timeout_s: int = Field(default=25, ge=1)
-    # Longest pause between polls of an idle queue; lower means faster pickup of new
-    # turns and more Redis commands while idle.
+    # Maximum pause between polls of an idle queue. A lower value picks up new turns
+    # sooner and sends more Redis commands while idle.
     worker_poll_ms: int = Field(default=100, ge=10, le=10_000)
     default_busy_policy: BusyPolicy = "enqueue"
 

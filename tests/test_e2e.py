@@ -233,7 +233,7 @@ def test_killed_worker_turn_finishes_elsewhere_once(
     assert turn.status == "succeeded"
     assert turn.attempts == 2
     assert cluster.assistant_replies(turn_id) == 1
-    # Lease expiry, one reconcile pass, then the model's 2 s answer, plus slack.
+    # Lease expiry, one reconcile pass, then the model's 2 s reply, plus slack.
     assert recovered_s < LEASE_TTL_S + RECONCILE_INTERVAL_S + 2 + 5
 
 

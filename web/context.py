@@ -1,4 +1,4 @@
-"""What every resource needs: settings, database, enqueuer and a thread pool.
+"""Shared state of the resources: settings, database, enqueuer and a thread pool.
 
 Database and broker clients are synchronous, so every call to them runs in the pool;
 the event loop only awaits.

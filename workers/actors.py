@@ -10,7 +10,7 @@ from workers.broker_setup import broker
 from workers.maintenance import execute_run
 
 # Dramatiq binds an actor to the global broker when the decorator runs, so the import
-# of broker_setup above must come first; it is used here only for that side effect.
+# of broker_setup above must come first. It is imported here only for that effect.
 __all__ = ["broker", "run_job", "run_session"]
 
 _settings = runtime.settings()

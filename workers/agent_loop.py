@@ -154,7 +154,7 @@ class AgentLoop:
         artifacts: tuple[str, ...] = ()
         size_bytes = len(output.encode())
         if size_bytes > MAX_OUTPUT_BYTES:
-            # The model and the event get a truncated copy; the whole output goes to
+            # The model and the event get a truncated copy. The whole output goes to
             # the artifact store, referenced by the turn, for the API and console.
             output = truncate(output)
             if self._artifacts is not None:

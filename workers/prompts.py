@@ -46,8 +46,8 @@ def system_prompt(agent: Agent, *, has_tools: bool) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    # About four characters per token for English and code with common tokenizers; an
-    # estimate is enough to keep the prompt under the budget with some margin.
+    # An estimate of about four characters per token for English and code. It only
+    # needs to keep the prompt under the budget with some margin.
     return len(text) // 4 + 4
 
 

@@ -55,10 +55,6 @@ class UnconfiguredModel:
         raise ModelError(self._reason)
 
 
-def model_factory(settings: Settings) -> ModelFactory:
-    return ModelFactory(settings)
-
-
 class ModelFactory:
     """Build one client per provider, model and base URL, shared between threads.
 
@@ -128,7 +124,7 @@ def build_runtime(
     lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
     loop = AgentLoop(
         db,
-        model_factory(settings),
+        ModelFactory(settings),
         ToolRegistry(workspace_tools(settings.workspace)),
         LexicalSearch(settings.workspace),
         LoopSettings(context_tokens=settings.context_tokens),

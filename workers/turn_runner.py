@@ -291,8 +291,8 @@ class _Scope:
         with self._fenced() as db:
             current = self._current(db)
             self._add_model_call(db, current, reply, model_name)
-            # A cancel that came in during the model call wins over the reply: the user
-            # asked for it before they could see the answer.
+            # A cancel that arrived during the model call wins over the reply, because the
+            # user sent it before seeing the reply.
             cancelled = current.cancel_requested
             if cancelled:
                 turns.finish_turn(db, current, TurnStatus.cancelled, error="cancelled")

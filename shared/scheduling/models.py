@@ -12,7 +12,7 @@ from shared.timestamps import UtcDateTime
 
 
 class LeaderLease(SQLModel, table=True):
-    """Which process leads a named role (such as the scheduler), until when."""
+    """Lease of a named role (such as the scheduler): its holder and expiry."""
 
     __tablename__ = "leader_leases"
 

@@ -16,7 +16,7 @@ from shared.validation import NonBlankText, StoredText
 
 
 class BusyPolicy(StrEnum):
-    """What a new message does while the session's turn is queued or running."""
+    """Policy for a new message while the session's turn is queued or running."""
 
     enqueue = "enqueue"
     reject = "reject"
@@ -108,7 +108,7 @@ class MessageOut(BaseModel):
 
 
 class MessageAccepted(BaseModel):
-    """Answer to a posted message: the stored message and the turn that will answer it."""
+    """Response to a posted message: the stored message and the turn that will reply."""
 
     message_id: str
     turn_id: str

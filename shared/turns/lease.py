@@ -10,7 +10,7 @@ A holder that dies stops renewing; its lease expires after ``ttl_s`` and the nex
 claim succeeds with a larger token.
 
 NOTE: expiry compares the clocks of different hosts, so hosts need synchronised clocks
-(NTP); a skew of ``s`` seconds shortens or lengthens the lease by ``s``.
+(NTP). A skew of ``s`` seconds shortens or lengthens the lease by ``s``.
 """
 
 from __future__ import annotations

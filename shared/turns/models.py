@@ -14,7 +14,7 @@ from shared.timestamps import UtcDateTime
 
 
 class TurnTrigger(StrEnum):
-    """What queued a turn."""
+    """Origin of a turn: a user message, a continuation, a think cycle or a tick."""
 
     message = "message"
     continuation = "continuation"

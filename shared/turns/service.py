@@ -42,7 +42,7 @@ def submit_message(
     idempotency_key: str | None = None,
     id_gen: IdGenerator = ids,
 ) -> Submission:
-    """Store a user message and the queued turn that will answer it.
+    """Store a user message and the queued turn that will reply to it.
 
     The session row is locked first, so concurrent posts to one session are numbered in
     commit order and the busy-policy check sees every earlier post.
@@ -344,7 +344,7 @@ __all__ = [
 
 
 def reap_stale_turns(db: Session, now: float, *, stale_after_s: float) -> list[str]:
-    """Fail running turns that no live worker holds and that started long ago.
+    """Fail running turns that no live worker leases and that started long ago.
 
     Such a turn outlived every re-run by the reconciler (its lease expired and nobody
     claimed the session again), so it would otherwise stay running forever.

@@ -111,7 +111,7 @@ class SessionMessagesResource:
         submission = await self._ctx.run(
             lambda: submit_and_wake(self._ctx, session_id, body.content, key)
         )
-        # A replay answers like the first post did, with `replayed` set.
+        # A replay gets the same status as the first post, with `replayed` set.
         resp.status = falcon.HTTP_202
         resp.media = MessageAccepted(
             message_id=submission.message.id,

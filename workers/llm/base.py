@@ -13,7 +13,7 @@ DeltaCallback = Callable[[str], None]
 
 
 class ModelError(FoxctlError):
-    """The model could not answer: bad key, unknown model, unreachable or broken server."""
+    """The model returned no reply: bad key, unknown model, unreachable or broken server."""
 
     code = "model_error"
 
@@ -35,7 +35,7 @@ class ModelReply:
 
 
 class ChatModel(Protocol):
-    """A chat model that can answer with text or with tool calls."""
+    """A chat model that replies with text or with tool calls."""
 
     name: str
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from workers.llm.base import ToolCall
 
-#: Largest tool output the model sees; longer output is cut and marked.
+#: Maximum tool output sent to the model; longer output is cut and marked.
 MAX_OUTPUT_BYTES = 64 * 1024
 
 READ_TOOLS = frozenset({"fs_list_dir", "fs_read_file", "code_grep"})
@@ -97,7 +97,7 @@ class ToolRegistry:
 
 
 def truncate(text: str, limit_bytes: int = MAX_OUTPUT_BYTES) -> str:
-    """Cut ``text`` to ``limit_bytes`` of UTF-8 and say how much was left out."""
+    """Cut ``text`` to ``limit_bytes`` of UTF-8 and append how many bytes were left out."""
     data = text.encode()
     if len(data) <= limit_bytes:
         return text

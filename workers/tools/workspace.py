@@ -42,7 +42,7 @@ class Workspace:
             raise ToolError("path must be a non-empty string relative to the workspace root")
         if os.path.isabs(path) or path.startswith("~"):
             raise ToolError(
-                f"absolute path {path!r} refused; use a path relative to the workspace root"
+                f"absolute path {path!r} is not allowed; use a path relative to the workspace root"
             )
         resolved = (self.root / path).resolve()
         if not resolved.is_relative_to(self.root):
