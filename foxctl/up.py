@@ -122,6 +122,7 @@ def _print_welcome(settings: Settings, session_id: str | None) -> None:
     url = f"http://{settings.host}:{settings.port}"
     lines = [
         f"foxctl is running at {url}",
+        f"Open the console in a browser: {url}/",
         f"workspace {settings.workspace.resolve()}, model provider {settings.llm_provider}",
     ]
     if session_id:

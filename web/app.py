@@ -34,6 +34,7 @@ from web.resources.health import HealthResource, ReadyResource
 from web.resources.jobs import JobsResource
 from web.resources.live import ConsoleTokenResource, SessionEventsResource
 from web.resources.openapi import OpenApiResource
+from web.resources.page import add_console_routes
 from web.resources.sessions import SessionMessagesResource, SessionResource, SessionsResource
 from web.resources.turns import TurnCancelResource, TurnResource
 from web.routes import ROUTES, openapi_document
@@ -118,6 +119,7 @@ def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
     resources = _resources(ctx)
     for route in ROUTES:
         app.add_route(route.path, resources[route.resource])
+    add_console_routes(app)
     return app
 
 

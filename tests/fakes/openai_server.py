@@ -5,6 +5,7 @@ Words in the last user message steer the answer, and can be combined:
 - ``tool:<name>`` asks for that tool once, then answers after the tool result;
 - ``args:<json>`` gives that tool call's arguments (JSON without spaces);
 - ``status:<code>`` answers with that HTTP status;
+- ``drip:<seconds>`` streams the answer word by word, waiting that long between words;
 - anything else is echoed back as ``echo: <content>``.
 Every request is recorded with its start and end time.
 """
@@ -27,7 +28,7 @@ class Call:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-_DIRECTIVES = {"sleep", "tool", "args", "status"}
+_DIRECTIVES = {"sleep", "tool", "args", "status", "drip"}
 
 
 class FakeOpenAI:
@@ -114,8 +115,12 @@ class FakeOpenAI:
                     with fake._lock:
                         fake._active[key] -= 1
                     call.finished = time.time()
+                drip = _drip_seconds(call.content)
+                if body.get("stream") and status == 200 and drip is not None:
+                    self._drip(_event_stream_chunks(payload, by_word=True), drip)
+                    return
                 if body.get("stream") and status == 200:
-                    data = _as_event_stream(payload)
+                    data = "".join(_event_stream_chunks(payload)).encode()
                     content_type = "text/event-stream"
                 else:
                     data = json.dumps(payload).encode()
@@ -126,7 +131,24 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _drip(self, chunks: list[str], pause_s: float) -> None:
+                # No Content-Length: the body ends when the connection closes (HTTP/1.0).
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(chunk.encode())
+                    self.wfile.flush()
+                    time.sleep(pause_s)
+
         return Handler
+
+
+def _drip_seconds(content: str) -> float | None:
+    for word in content.split():
+        if word.startswith("drip:"):
+            return float(word.removeprefix("drip:"))
+    return None
 
 
 def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -141,13 +163,18 @@ def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) ->
     }
 
 
-def _as_event_stream(payload: dict[str, Any]) -> bytes:
-    """Split a completion into ``chat.completion.chunk`` events, two text pieces each."""
+def _event_stream_chunks(payload: dict[str, Any], *, by_word: bool = False) -> list[str]:
+    """Split a completion into ``chat.completion.chunk`` events: two text pieces, or words."""
     message = payload["choices"][0]["message"]
     content = message.get("content") or ""
-    half = len(content) // 2
+    if by_word:
+        words = content.split(" ")
+        pieces = [word + " " for word in words[:-1]] + words[-1:]
+    else:
+        half = len(content) // 2
+        pieces = [content[:half], content[half:]]
     deltas: list[dict[str, Any]] = [{"role": "assistant"}]
-    deltas += [{"content": piece} for piece in (content[:half], content[half:]) if piece]
+    deltas += [{"content": piece} for piece in pieces if piece]
     for index, call in enumerate(message.get("tool_calls") or []):
         deltas.append(
             {
@@ -169,8 +196,7 @@ def _as_event_stream(payload: dict[str, Any]) -> bytes:
         for delta in deltas
     ]
     chunks.append({"object": "chat.completion.chunk", "choices": [], "usage": payload["usage"]})
-    lines = [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
-    return "".join(lines).encode()
+    return [f"data: {json.dumps(chunk)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
 
 
 def _last_user(body: dict[str, Any]) -> str:
