@@ -1,6 +1,8 @@
 """Live events over Redis pub/sub, so any web replica can serve any session's viewers.
 
-Workers and web processes publish JSON to ``foxctl:events:{session_id}``. Each web
+Workers and web processes publish JSON to ``foxctl:{db}:events:{session_id}``, where
+``db`` is the database number of the Redis URL: pub/sub channels are shared by all
+databases of a server, and the number keeps deployments that share a server apart. Each web
 process keeps one pub/sub connection with a pattern subscription on every session and
 hands events to its local viewers. Pub/sub keeps nothing: events published while a web
 process is disconnected are not delivered live, and its viewers fill the gap from the
@@ -22,12 +24,17 @@ from shared.events.live import LiveEvent
 
 log = structlog.get_logger(__name__)
 
-CHANNEL_PREFIX = "foxctl:events:"
 RECONNECT_DELAY_S = 1.0
 
 
-def channel_for(session_id: str) -> str:
-    return CHANNEL_PREFIX + session_id
+def channel_prefix(redis_url: str) -> str:
+    """Return ``foxctl:{db}:events:`` for the database number that ``redis_url`` selects."""
+    db = redis.connection.parse_url(redis_url).get("db", 0)
+    return f"foxctl:{db}:events:"
+
+
+def channel_for(redis_url: str, session_id: str) -> str:
+    return channel_prefix(redis_url) + session_id
 
 
 class RedisPublisher:
@@ -35,10 +42,12 @@ class RedisPublisher:
 
     def __init__(self, redis_url: str) -> None:
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._prefix = channel_prefix(redis_url)
 
     def publish(self, session_id: str, event: LiveEvent) -> None:
         """Publish ``event``; raises redis.RedisError when Redis cannot be reached."""
-        self._client.publish(channel_for(session_id), json.dumps(event, separators=(",", ":")))
+        payload = json.dumps(event, separators=(",", ":"))
+        self._client.publish(self._prefix + session_id, payload)
 
     def close(self) -> None:
         self._client.close()
@@ -50,6 +59,7 @@ class RedisEventHub(EventHubBase):
     def __init__(self, redis_url: str) -> None:
         super().__init__()
         self._redis_url = redis_url
+        self._prefix = channel_prefix(redis_url)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -90,14 +100,14 @@ class RedisEventHub(EventHubBase):
         client = redis.asyncio.Redis.from_url(self._redis_url)
         pubsub = client.pubsub()
         try:
-            await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+            await pubsub.psubscribe(self._prefix + "*")
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is None:
                     continue
                 if message["type"] == "psubscribe":
                     self._subscribed.set()
-                    log.info("redis pub/sub subscribed", pattern=CHANNEL_PREFIX + "*")
+                    log.info("redis pub/sub subscribed", pattern=self._prefix + "*")
                     continue
                 if message["type"] == "pmessage":
                     self._deliver(message["channel"], message["data"])
@@ -106,7 +116,7 @@ class RedisEventHub(EventHubBase):
             await client.aclose()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        session_id = channel.decode()[len(CHANNEL_PREFIX) :]
+        session_id = channel.decode()[len(self._prefix) :]
         try:
             event = json.loads(data)
         except ValueError:
