@@ -29,7 +29,7 @@ RECONNECT_DELAY_S = 1.0
 
 def channel_prefix(redis_url: str) -> str:
     """Return ``foxctl:{db}:events:`` for the database number that ``redis_url`` selects."""
-    db = redis.connection.parse_url(redis_url).get("db", 0)
+    db = redis.connection.parse_url(redis_url).get("db", 0)  # type: ignore[no-untyped-call]
     return f"foxctl:{db}:events:"
 
 
