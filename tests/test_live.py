@@ -20,6 +20,7 @@ from shared.db import Database
 from shared.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import Harness
+from web.resources.console import EventFrames
 
 Frame = dict[str, Any]
 Conductor = falcon.testing.ASGIConductor
@@ -460,3 +461,20 @@ def test_session_events_unknown_session(foxctl: Harness) -> None:
     result = foxctl.call("GET", "/api/sessions/ses_missing/events")
 
     assert result.status_code == 404
+
+
+def test_event_frames_encode_each_event_once() -> None:
+    frames = EventFrames(size=2)
+    event = {"type": "turn.delta", "text": "héllo", "after_seq": 3}
+    first = frames.text(event)
+    assert json.loads(first) == {"type": "event", "event": event}
+    assert frames.text(event) is first
+    # An equal but distinct object is encoded on its own, never mistaken for a cached one.
+    twin = dict(event)
+    assert frames.text(twin) == first
+    # Evicted entries are encoded again when they come back.
+    frames.text({"type": "x"})
+    frames.text({"type": "y"})
+    again = frames.text(event)
+    assert again == first
+    assert again is not first

