@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     local_model_path: Path | None = None
     # Prompt budget in estimated tokens: the newest history that fits is sent.
     context_tokens: int = Field(default=6000, ge=256)
+    # Reply pieces streamed within this many milliseconds go out as one live event.
+    delta_interval_ms: int = Field(default=50, ge=0, le=5000)
 
     # Command line: where `foxctl send` finds the API, and the token it sends.
     api_url: str | None = None

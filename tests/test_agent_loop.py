@@ -11,6 +11,7 @@ from shared.db import Database
 from shared.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import Harness
+from workers.agent_loop import DeltaBuffer
 from workers.llm.think import ThinkFilter, strip_think
 from workers.prompts import estimate_tokens, fit_history
 
@@ -104,3 +105,31 @@ def test_context_injection_off_for_tool_models(foxctl: Harness) -> None:
     foxctl.run_pending()
 
     assert "context.injected" not in [e["type"] for e in foxctl.events(session_id)]
+
+
+def test_delta_buffer_joins_pieces_within_interval() -> None:
+    now = [0.0]
+    sent: list[str] = []
+    buffer = DeltaBuffer(sent.append, 0.05, clock=lambda: now[0])
+
+    buffer.add("Hel")  # the first piece goes out at once
+    now[0] = 0.01
+    buffer.add("lo ")
+    now[0] = 0.03
+    buffer.add("wor")
+    now[0] = 0.06
+    buffer.add("ld")  # 60 ms after the last send
+    now[0] = 0.07
+    buffer.add("!")
+    buffer.flush()
+    buffer.flush()  # nothing left: sends nothing
+
+    assert sent == ["Hel", "lo world", "!"]
+
+
+def test_delta_buffer_with_zero_interval_sends_every_piece() -> None:
+    sent: list[str] = []
+    buffer = DeltaBuffer(sent.append, 0.0, clock=lambda: 1.0)
+    for piece in ("a", "b", "c"):
+        buffer.add(piece)
+    assert sent == ["a", "b", "c"]

@@ -6,6 +6,7 @@ checks the session lease on every write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +67,42 @@ class TurnScope(Protocol):
 class LoopSettings:
     context_tokens: int = 6000
     inject_limit: int = 3
+    # Reply pieces that arrive within this time go out as one live event.
+    delta_interval_s: float = 0.05
+
+
+class DeltaBuffer:
+    """Join reply pieces into fewer live events: at most one per ``interval_s``.
+
+    The first piece goes out at once, so the first words show without delay. A fast
+    stream otherwise sends one event per token to every viewer; joining them cuts the
+    events that every web process fans out. ``flush`` sends what is left.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[str], None],
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._publish = publish
+        self._interval_s = interval_s
+        self._clock = clock
+        self._parts: list[str] = []
+        self._sent_at = float("-inf")
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        if self._clock() - self._sent_at >= self._interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        text = "".join(self._parts)
+        self._parts.clear()
+        self._sent_at = self._clock()
+        self._publish(text)
 
 
 class AgentLoop:
@@ -127,17 +164,22 @@ class AgentLoop:
         scope: TurnScope,
     ) -> ModelReply | None:
         visible = ThinkFilter()
+        buffer = DeltaBuffer(scope.publish_delta, self._settings.delta_interval_s)
 
         def on_delta(piece: str) -> None:
             text = visible.feed(piece)
             if text:
-                scope.publish_delta(text)
+                buffer.add(text)
 
         try:
-            return model.complete(conversation, specs, on_delta=on_delta)
+            reply = model.complete(conversation, specs, on_delta=on_delta)
         except ModelError as error:
+            buffer.flush()
             scope.fail(f"model {model.name!r} failed: {error.message}")
             return None
+        # Sent before any event of this call is stored, so it follows the same sequence.
+        buffer.flush()
+        return reply
 
     def _run_tool(self, call: ToolCall, allowed: frozenset[str], scope: TurnScope) -> ToolResult:
         scope.record(

@@ -127,7 +127,10 @@ def build_runtime(
         ModelFactory(settings),
         ToolRegistry(workspace_tools(settings.workspace)),
         LexicalSearch(settings.workspace),
-        LoopSettings(context_tokens=settings.context_tokens),
+        LoopSettings(
+            context_tokens=settings.context_tokens,
+            delta_interval_s=settings.delta_interval_ms / 1000,
+        ),
         make_artifact_store(settings),
     )
     runner = TurnRunner(
