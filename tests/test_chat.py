@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from shared.chat import telegram
 from shared.chat.adapters import make_reply_clients, selected_adapters
 from shared.chat.errors import SignatureInvalid
-from shared.chat.models import ChatConversation, ChatDelivery, ChatUpdate
+from shared.chat.models import ChatConversation, ChatUpdate
 from shared.chat.service import split_text
 from shared.db import Database
 from shared.events.live import LiveEvent
@@ -120,7 +120,7 @@ def telegram_post(
 def test_telegram_update_runs_one_turn_and_edits_the_placeholder(
     foxctl: Harness, platform: FakePlatform, fake_model: Any
 ) -> None:
-    foxctl.runner  # the harness model points at a closed port unless given one
+    # The fixture's harness has no model; this one answers through the fake model.
     harness = Harness(foxctl.settings, foxctl.db, model_url=fake_model.base_url)
 
     result = telegram_post(harness, h.telegram_update(1, "hello bot"))
@@ -286,12 +286,12 @@ def discord_post(foxctl: Harness, body: bytes, headers: dict[str, str]) -> Any:
 
 def ask_body(interaction_id: str, prompt: str) -> bytes:
     # Unusual whitespace and \\u escapes: the signature covers these exact bytes.
-    escaped = json.dumps(prompt)  # ASCII with \\u escapes
+    escaped = json.dumps(prompt)
     return (
-        '{ "type" : 2,\n\t"id":"%s", "application_id":"app-1", "token":"tok-%s",\n'
-        '  "channel_id":"chan-1", "guild_id":"guild-1",\n'
-        '  "data":{"name":"ask","options":[{"name":"prompt","type":3,"value":%s}]}  }\n'
-        % (interaction_id, interaction_id, escaped)
+        f'{{ "type" : 2,\n\t"id":"{interaction_id}", "application_id":"app-1",'
+        f' "token":"tok-{interaction_id}",\n  "channel_id":"chan-1", "guild_id":"guild-1",\n'
+        f'  "data":{{"name":"ask","options":[{{"name":"prompt","type":3,'
+        f'"value":{escaped}}}]}}  }}\n'
     ).encode()
 
 
