@@ -25,6 +25,7 @@ from shared.turns.models import Turn
 from tests import chat_helpers as h
 from tests.fakes.chat_platforms import FakePlatform
 from tests.harness import Harness
+from tests.processes import run_cli
 from workers.chat_delivery import ChatDeliverer, DeliveryLater, DeliverySettings
 
 
@@ -438,3 +439,62 @@ def _hs256_token() -> str:
 
     claims = {"iss": "https://api.botframework.com", "aud": h.TEAMS_APP_ID, "exp": 2**31}
     return jwt.encode(claims, "x" * 32, algorithm="HS256", headers={"kid": "bf-1"})
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_cli_sets_the_telegram_webhook(platform: FakePlatform, sqlite_env: dict[str, str]) -> None:
+    env = {
+        **sqlite_env,
+        "FOXCTL_TELEGRAM_BOT_TOKEN": "123:abc",
+        "FOXCTL_TELEGRAM_WEBHOOK_SECRET": h.TELEGRAM_SECRET,
+        "FOXCTL_TELEGRAM_API_BASE": platform.base_url,
+    }
+
+    result = run_cli(
+        ["chat", "telegram", "set-webhook", "https://bot.example/api/telegram/webhook"], env
+    )
+
+    assert result.returncode == 0, result.stderr
+    [call] = platform.calls_to("/setWebhook")
+    assert call.path == "/bot123:abc/setWebhook"
+    assert call.body["url"] == "https://bot.example/api/telegram/webhook"
+    assert call.body["secret_token"] == h.TELEGRAM_SECRET
+    assert "123:abc" not in result.stdout + result.stderr
+
+
+def test_cli_registers_the_discord_command(
+    platform: FakePlatform, sqlite_env: dict[str, str]
+) -> None:
+    env = {
+        **sqlite_env,
+        "FOXCTL_DISCORD_APPLICATION_ID": "app-1",
+        "FOXCTL_DISCORD_BOT_TOKEN": "bot-token",
+        "FOXCTL_DISCORD_API_BASE": platform.base_url,
+    }
+
+    result = run_cli(["chat", "discord", "register-commands"], env)
+
+    assert result.returncode == 0, result.stderr
+    [call] = platform.calls_to("/applications/app-1/commands", "PUT")
+    assert call.headers["authorization"] == "Bot bot-token"
+    assert [command["name"] for command in call.body] == ["ask"]
+
+
+def test_cli_chat_errors_are_one_line(sqlite_env: dict[str, str]) -> None:
+    result = run_cli(["chat", "discord", "register-commands"], sqlite_env)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "FOXCTL_DISCORD_APPLICATION_ID" in result.stderr
+
+
+def test_web_serve_with_chat_but_no_credentials_fails_naming_the_variable(
+    sqlite_env: dict[str, str],
+) -> None:
+    result = run_cli(["web", "serve", "--chat", "telegram"], sqlite_env)
+
+    assert result.returncode == 1
+    assert "FOXCTL_TELEGRAM_BOT_TOKEN" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
