@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_bot_username: str | None = None
-    # Comma-separated group chat ids the bot answers in; private chats always work.
+    # Comma-separated group chat ids the bot replies in. Private chats always get replies.
     telegram_allowed_groups: str = ""
     telegram_api_base: str = "https://api.telegram.org"
     discord_application_id: str | None = None
@@ -214,7 +214,7 @@ class Settings(BaseSettings):
         return frozenset(part for part in parts if part)
 
     def chat_agent_for(self, platform: str, chat_id: str) -> str:
-        """The agent for a platform chat: its FOXCTL_CHAT_AGENTS entry, else the default."""
+        """Return the agent for a platform chat: its FOXCTL_CHAT_AGENTS entry, else the default."""
         for entry in self.chat_agents.split(","):
             key, _, agent = entry.strip().rpartition("=")
             if key == f"{platform}:{chat_id}" and agent:

@@ -22,6 +22,7 @@ from shared.events.live import LiveEvent
 from shared.queues import CHAT_DELIVERY, TURNS
 from shared.settings import Settings, SettingsError
 from shared.turns.models import Turn
+from shared.turns.service import record_reply, start_turn
 from tests import chat_helpers as h
 from tests.fakes.chat_platforms import FakePlatform
 from tests.harness import Harness
@@ -118,10 +119,10 @@ def telegram_post(
 # -- Telegram --------------------------------------------------------------------------
 
 
-def test_telegram_update_runs_one_turn_and_edits_the_placeholder(
+def test_telegram_update_edits_placeholder(
     foxctl: Harness, platform: FakePlatform, fake_model: Any
 ) -> None:
-    # The fixture's harness has no model; this one answers through the fake model.
+    # The fixture's harness has no model, so this one uses the fake model.
     harness = Harness(foxctl.settings, foxctl.db, model_url=fake_model.base_url)
 
     result = telegram_post(harness, h.telegram_update(1, "hello bot"))
@@ -243,14 +244,10 @@ def test_body_over_limit_is_refused(foxctl: Harness) -> None:
     assert nothing_enqueued(foxctl)
 
 
-def test_rate_limited_reply_waits_for_retry_after_and_arrives_once(
-    foxctl: Harness, platform: FakePlatform
-) -> None:
+def test_rate_limited_reply_arrives_once(foxctl: Harness, platform: FakePlatform) -> None:
     telegram_post(foxctl, h.telegram_update(1, "hello"))
     with foxctl.db.write() as db:  # finish the turn without a model
         turn = db.exec(select(Turn)).one()
-        from shared.turns.service import record_reply, start_turn
-
         start_turn(db, turn)
         record_reply(db, turn, "x" * 5000)
     [delivery_id] = deliveries(foxctl)
@@ -267,6 +264,45 @@ def test_rate_limited_reply_waits_for_retry_after_and_arrives_once(
     assert len(edits) == 2  # the refused one, then the one that arrived
     assert [len(c.body["text"]) for c in sends] == [5000 - len(edits[1].body["text"])]
     assert len(platform.calls_to("sendChatAction")) == 1
+
+
+class ScriptedFeed:
+    """Return one streamed piece per poll, then finish the turn in the database."""
+
+    def __init__(self, db: Database, turn_id: str, pieces: list[str]) -> None:
+        self._db = db
+        self._turn_id = turn_id
+        self._pieces = list(pieces)
+
+    def poll(self, timeout_s: float) -> list[LiveEvent]:
+        if self._pieces:
+            piece = self._pieces.pop(0)
+            return [{"type": "turn.delta", "turn_id": self._turn_id, "text": piece}]
+        with self._db.write() as db:
+            turn = db.get(Turn, self._turn_id)
+            assert turn is not None
+            if turn.status == "queued":
+                start_turn(db, turn)
+                record_reply(db, turn, "Hello world")
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+def test_streamed_reply_is_edited_progressively(foxctl: Harness, platform: FakePlatform) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)
+    with foxctl.db.read() as db:
+        turn_id = db.exec(select(Turn)).one().id
+    clients = make_reply_clients(foxctl.settings, httpx.Client(timeout=5))
+    feed = ScriptedFeed(foxctl.db, turn_id, ["Hel", "lo wor"])
+    chat = ChatDeliverer(foxctl.db, clients, lambda _: feed, DeliverySettings(edit_interval_s=0))
+
+    chat.deliver(delivery_id)
+
+    edits = [c.body["text"] for c in platform.calls_to("editMessageText")]
+    assert edits == ["Hel", "Hello wor", "Hello world"]
 
 
 def test_split_text_keeps_every_character() -> None:
@@ -315,7 +351,8 @@ def test_discord_ask_is_deferred_then_edited(
     again = discord_post(harness, body, h.discord_headers(body))
     deliver_all(harness)
 
-    assert result.json == {"type": 5} and again.json == {"type": 5}
+    assert result.json == {"type": 5}
+    assert again.json == {"type": 5}
     assert count(harness.db, Turn) == 1
     [edit] = platform.calls_to("/messages/@original", "PATCH")
     assert edit.path == "/webhooks/app-1/tok-int-1/messages/@original"
@@ -413,9 +450,7 @@ def test_teams_bad_tokens_are_refused(foxctl: Harness, case: str) -> None:
     assert nothing_enqueued(foxctl)
 
 
-def test_teams_unknown_kid_refreshes_keys_at_most_once_a_minute(
-    foxctl: Harness, platform: FakePlatform
-) -> None:
+def test_teams_key_refresh_throttled(foxctl: Harness, platform: FakePlatform) -> None:
     token = h.teams_token(key="other", kid="unknown-1")
 
     for _ in range(3):
@@ -490,7 +525,7 @@ def test_cli_chat_errors_are_one_line(sqlite_env: dict[str, str]) -> None:
     assert "FOXCTL_DISCORD_APPLICATION_ID" in result.stderr
 
 
-def test_web_serve_with_chat_but_no_credentials_fails_naming_the_variable(
+def test_web_serve_missing_credentials(
     sqlite_env: dict[str, str],
 ) -> None:
     result = run_cli(["web", "serve", "--chat", "telegram"], sqlite_env)

@@ -349,8 +349,8 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-#: Chat webhooks verify their platform's signature instead of a bearer token; an
-#: adapter that is not selected answers 404.
+#: Chat webhooks verify their platform's signature instead of a bearer token. An
+#: adapter that is not selected returns 404.
 CHAT_ROUTES: tuple[Route, ...] = (
     Route(
         "/api/telegram/webhook",

@@ -1,4 +1,4 @@
-"""Which chat adapters run, and the settings each one cannot start without."""
+"""Chat adapter selection, the settings each adapter requires, and reply clients."""
 
 from __future__ import annotations
 

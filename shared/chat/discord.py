@@ -1,4 +1,4 @@
-"""Discord: verify interaction signatures, read /ask, and answer through webhooks."""
+"""Discord: interaction signatures, the /ask command, and replies through webhooks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ CHANNEL_MESSAGE = 4
 DEFERRED_CHANNEL_MESSAGE = 5
 EPHEMERAL_FLAG = 1 << 6
 
-#: The slash command that foxctl registers and answers.
+#: The slash command that foxctl registers and replies to.
 ASK_COMMAND = {
     "name": "ask",
     "description": "Ask the agent of this channel",
@@ -98,7 +98,7 @@ def ephemeral(text: str) -> dict[str, Any]:
 
 
 class DiscordClient:
-    """Edit the deferred answer of an interaction and send follow-ups.
+    """Edit the deferred response of an interaction and send follow-up messages.
 
     Interaction webhooks need no bot token: the interaction token (valid 15 minutes)
     authorises them.

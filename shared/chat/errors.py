@@ -24,7 +24,7 @@ class PlatformError(ChatError):
 
 
 class RateLimited(ChatError):
-    """The platform answered 429 (or 5xx); try again after ``retry_after_s`` seconds."""
+    """The platform returned 429 or 5xx, or was unreachable; retry after ``retry_after_s``."""
 
     code = "rate_limited"
 

@@ -8,7 +8,7 @@ import httpx
 
 from shared.chat.errors import PlatformError, RateLimited
 
-#: Wait before retrying a 5xx answer that gave no Retry-After.
+#: Seconds to wait before retrying a 5xx response without Retry-After.
 SERVER_ERROR_RETRY_S = 2.0
 
 
@@ -32,10 +32,10 @@ def call_json(
         raise RateLimited(f"{method} {_path(url)} failed: {error}", SERVER_ERROR_RETRY_S) from error
     if response.status_code == 429 or response.status_code >= 500:
         wait_s = retry_after_s(response)
-        raise RateLimited(f"{method} {_path(url)} answered {response.status_code}", wait_s)
+        raise RateLimited(f"{method} {_path(url)} returned {response.status_code}", wait_s)
     if response.status_code >= 400:
         raise PlatformError(
-            f"{method} {_path(url)} answered {response.status_code}: {response.text[:300]}"
+            f"{method} {_path(url)} returned {response.status_code}: {response.text[:300]}"
         )
     if not response.content:
         return {}

@@ -70,7 +70,7 @@ class ChatDelivery(SQLModel, table=True):
         sa_column=Column(String(40), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False)
     )
     turn_id: str = Field(max_length=40, index=True)
-    # Where to answer: chat and message ids, an interaction token, a service URL.
+    # Reply destination: chat and message ids, an interaction token, a service URL.
     target: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # The placeholder message that edits go to, once it was sent.
     placeholder: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

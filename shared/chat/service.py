@@ -54,8 +54,8 @@ def accept_message(
 
     Returns None for a delivery id stored before. ``agent`` (id or name) opens the
     session when the conversation is new. Raises IntegrityError when a concurrent
-    request stores the same delivery id first; ``delivery_seen`` then tells a
-    duplicate from another failure.
+    request stores the same delivery id first; ``delivery_seen`` then
+    distinguishes a duplicate from another failure.
     """
     if delivery_seen(db, inbound.platform, inbound.delivery_id):
         return None

@@ -1,4 +1,4 @@
-"""Telegram: verify webhook calls, read updates, and answer through the Bot API."""
+"""Telegram: webhook verification, update parsing, and replies through the Bot API."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def verify_secret(received: str | None, secret: str | None) -> None:
 def parse_update(
     update: dict[str, Any], *, bot_username: str | None, allowed_groups: frozenset[str]
 ) -> InboundMessage | None:
-    """Return the message the bot should answer, or None for anything it ignores.
+    """Parse the message the bot should reply to, or return None to ignore the update.
 
-    Private chats are answered always. Groups must be allowlisted, and the message must
-    mention the bot, reply to it, or be a command. ``/ask text`` asks ``text``; a
+    Private chats always get a reply. Groups must be allowlisted, and the message must
+    mention the bot, reply to it, or be a command. ``/ask text`` sends ``text``. A
     command addressed to another bot is ignored.
     """
     message = update.get("message")

@@ -1,7 +1,7 @@
 """A fake chat platform API on loopback: Telegram, Discord and Teams in one server.
 
-It answers every method the adapters call, records each request with its arrival time,
-and can be told to answer the next matching requests with 429 and a Retry-After. It
+It responds to every method the adapters call, records each request with its arrival
+time, and can fail the next matching requests with 429 and a Retry-After. It
 also serves OpenID metadata and a JWKS for Teams tokens, and a token endpoint.
 """
 
@@ -67,7 +67,7 @@ class FakePlatform:
     def fail_next(
         self, path_part: str, *, status: int = 429, retry_after_s: float = 1, times: int = 1
     ) -> None:
-        """Answer the next ``times`` requests whose path contains ``path_part`` with ``status``."""
+        """Fail the next ``times`` requests whose path contains ``path_part`` with ``status``."""
         with self._lock:
             self._failures.append(_Failure(path_part, status, retry_after_s, times))
 

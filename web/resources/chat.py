@@ -2,7 +2,7 @@
 
 Each verifies its platform's signature before reading the body as JSON, stores the
 message with its turn and a pending reply in one transaction, wakes a worker and a
-chat-delivery worker, and answers at once. A delivery id seen before (a retry, or the
+chat-delivery worker, and responds at once. A delivery id seen before (a retry, or the
 same update on another replica) stores nothing and gets the same answer.
 """
 
@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 
 class ChatEndpoint:
-    """What the three webhooks share: the switch, the body limit, accepting a message."""
+    """Base of the three webhooks: the adapter switch, the body limit, message intake."""
 
     platform: Platform
 
@@ -85,17 +85,19 @@ class ChatEndpoint:
         try:
             with self._ctx.db.write() as db:
                 accepted = accept_message(db, inbound, agent=agent, default_policy=policy)
+            events = take_appended(db)
         except IntegrityError:
             # Another replica stored the same delivery id while this one waited on it.
-            with self._ctx.db.read() as db:
-                if delivery_seen(db, inbound.platform, inbound.delivery_id):
-                    return None
+            if self._seen(inbound):
+                return None
             raise
         if accepted is not None:
-            publish_all(
-                self._ctx.publisher, accepted.submission.message.session_id, take_appended(db)
-            )
+            publish_all(self._ctx.publisher, accepted.submission.message.session_id, events)
         return accepted
+
+    def _seen(self, inbound: InboundMessage) -> bool:
+        with self._ctx.db.read() as db:
+            return delivery_seen(db, inbound.platform, inbound.delivery_id)
 
     def _wake(self, accepted: Accepted) -> None:
         session_id = accepted.submission.message.session_id
@@ -167,7 +169,7 @@ class DiscordInteractionsResource(ChatEndpoint):
             resp.media = discord.ephemeral("foxctl knows only /ask")
             return
         await self._accept(inbound)
-        # A retried interaction gets the same deferred answer; its reply is on its way.
+        # A retried interaction gets the same deferred response, because its reply is on its way.
         resp.media = {"type": discord.DEFERRED_CHANNEL_MESSAGE}
 
 
