@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from shared.chat import telegram
 from shared.chat.adapters import make_reply_clients, selected_adapters
 from shared.chat.errors import SignatureInvalid
-from shared.chat.models import ChatConversation, ChatUpdate
+from shared.chat.models import ChatConversation, ChatDelivery, ChatUpdate
 from shared.chat.service import split_text
 from shared.db import Database
 from shared.events.live import LiveEvent
@@ -303,6 +303,21 @@ def test_streamed_reply_is_edited_progressively(foxctl: Harness, platform: FakeP
 
     edits = [c.body["text"] for c in platform.calls_to("editMessageText")]
     assert edits == ["Hel", "Hello wor", "Hello world"]
+
+
+def test_rejected_reply_is_marked_failed(foxctl: Harness, platform: FakePlatform) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)
+    platform.fail_next("sendMessage", status=403)
+
+    deliverer(foxctl).deliver(delivery_id)
+    deliverer(foxctl).deliver(delivery_id)
+
+    with foxctl.db.read() as db:
+        delivery = db.get(ChatDelivery, delivery_id)
+    assert delivery is not None
+    assert delivery.status == "failed"
+    assert len(platform.calls_to("sendMessage")) == 1
 
 
 def test_split_text_keeps_every_character() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,22 +124,25 @@ class ChatDeliverer:
         open_feed: Callable[[str], LiveFeed],
         settings: DeliverySettings,
         *,
+        stopping: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._clients = clients
         self._open_feed = open_feed
         self._settings = settings
+        self._stopping = stopping or threading.Event()
         self._clock = clock
 
     def deliver(self, delivery_id: str) -> None:
         """Send the reply of a delivery's turn. Idempotent: a finished delivery is skipped.
 
-        Raises DeliveryLater after a 429 (with its Retry-After) or when the turn is still
-        running after ``follow_s``.
+        Raises DeliveryLater after a 429 (with its Retry-After), when the turn is still
+        running after ``follow_s``, or when the worker is stopping. A reply that the
+        platform rejects (4xx other than 429) is logged and marked failed, not retried.
         """
         delivery = self._load(delivery_id)
-        if delivery is None or delivery.status == DeliveryStatus.done:
+        if delivery is None or delivery.status != DeliveryStatus.pending:
             return
         client = self._clients.get(delivery.platform)
         if client is None:
@@ -149,9 +153,18 @@ class ChatDeliverer:
         try:
             placeholder = delivery.placeholder or self._start(delivery, client)
             reply = self._follow(delivery, client, placeholder, feed)
+            self._finish(delivery, client, placeholder, reply)
+        except PlatformError as error:
+            log.error(
+                "chat reply rejected by the platform; not retried",
+                platform=delivery.platform,
+                delivery_id=delivery.id,
+                turn_id=delivery.turn_id,
+                error=error.message,
+            )
+            self._save(delivery, status=DeliveryStatus.failed.value)
         finally:
             feed.close()
-        self._finish(delivery, client, placeholder, reply)
 
     def _load(self, delivery_id: str) -> ChatDelivery | None:
         with self._db.read() as db:
@@ -181,6 +194,9 @@ class ChatDeliverer:
                 return final
             if self._clock() > give_up_at:
                 raise DeliveryLater("the turn is still running", delay_s=5.0)
+            if self._stopping.is_set():
+                # Hand the delivery back; a retry resumes from the stored placeholder.
+                raise DeliveryLater("the worker is stopping", delay_s=1.0)
             streamed += _delta_text(feed.poll(POLL_S), delivery.turn_id)
             if streamed == shown or self._clock() < next_edit_at:
                 continue

@@ -148,11 +148,19 @@ def build_runtime(
     reconciler = Reconciler(db, enqueuer, interval_s=settings.reconcile_interval_s)
     heartbeat = HeartbeatWriter(settings.run_dir, "worker")
     return WorkerRuntime(
-        settings, db, runner, reconciler, stopping, heartbeat, build_chat(settings, db, publisher)
+        settings,
+        db,
+        runner,
+        reconciler,
+        stopping,
+        heartbeat,
+        build_chat(settings, db, publisher, stopping),
     )
 
 
-def build_chat(settings: Settings, db: Database, publisher: EventPublisher) -> ChatDeliverer:
+def build_chat(
+    settings: Settings, db: Database, publisher: EventPublisher, stopping: threading.Event
+) -> ChatDeliverer:
     return ChatDeliverer(
         db,
         make_reply_clients(settings, httpx.Client(timeout=15)),
@@ -162,6 +170,7 @@ def build_chat(settings: Settings, db: Database, publisher: EventPublisher) -> C
             placeholder_text=settings.chat_placeholder_text,
             follow_s=float(settings.turn_time_limit_s),
         ),
+        stopping=stopping,
     )
 
 

@@ -22,6 +22,8 @@ class Platform(StrEnum):
 class DeliveryStatus(StrEnum):
     pending = "pending"
     done = "done"
+    #: The platform rejected the reply (an expired interaction token, a deleted chat).
+    failed = "failed"
 
 
 class ChatConversation(SQLModel, table=True):

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from shared.chat.errors import SignatureInvalid
+from shared.chat.errors import PlatformError, SignatureInvalid
 from shared.chat.http import call_json
 from shared.chat.models import Platform
 from shared.chat.service import InboundMessage
@@ -137,7 +137,12 @@ class TelegramClient:
 
     def edit(self, target: dict[str, Any], placeholder: dict[str, Any], text: str) -> None:
         body = {"chat_id": target["chat_id"], "message_id": placeholder["message_id"], "text": text}
-        self._call("editMessageText", body)
+        try:
+            self._call("editMessageText", body)
+        except PlatformError as error:
+            # Telegram rejects an edit to the text the message already has.
+            if "message is not modified" not in error.message:
+                raise
 
     def send(self, target: dict[str, Any], text: str) -> None:
         self._call("sendMessage", {**_chat_fields(target), "text": text})
