@@ -160,6 +160,19 @@ def test_telegram_chat_keeps_one_session(foxctl: Harness) -> None:
     assert count(foxctl.db, Turn) == 3
 
 
+def test_deleted_session_gets_a_new_one(foxctl: Harness) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "one"))
+    [first] = foxctl.call("GET", "/api/sessions").json["items"]
+
+    deleted = foxctl.call("DELETE", f"/api/sessions/{first['id']}")
+    telegram_post(foxctl, h.telegram_update(2, "two"))
+
+    [second] = foxctl.call("GET", "/api/sessions").json["items"]
+    assert deleted.status_code == 204
+    assert second["id"] != first["id"]
+    assert [m["content"] for m in foxctl.messages(second["id"])] == ["two"]
+
+
 @pytest.mark.parametrize(
     ("secret", "code"),
     [(None, "invalid_signature"), ("wrong", "invalid_signature"), ("", "invalid_signature")],

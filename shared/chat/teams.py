@@ -179,8 +179,10 @@ def parse_activity(activity: dict[str, Any]) -> InboundMessage | None:
         return None
     tenant = ((activity.get("channelData") or {}).get("tenant") or {}).get("id")
     tenant = tenant or conversation.get("tenantId") or ""
+    # A reply thread in a Teams channel is the channel's id plus ";messageid=<root>".
     chat_id, _, thread = conversation_id.partition(";messageid=")
     service_url = str(activity.get("serviceUrl") or "")
+
     target = {
         "service_url": service_url,
         "conversation_id": conversation_id,
