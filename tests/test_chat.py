@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from shared.chat import telegram
 from shared.chat.adapters import make_reply_clients, selected_adapters
 from shared.chat.errors import SignatureInvalid
 from shared.chat.models import ChatConversation, ChatDelivery, ChatUpdate
-from shared.chat.service import split_text
+from shared.chat.service import InboundMessage, accept_message, split_text
 from shared.db import Database
 from shared.events.live import LiveEvent
 from shared.queues import CHAT_DELIVERY, TURNS
@@ -158,6 +159,32 @@ def test_telegram_chat_keeps_one_session(foxctl: Harness) -> None:
         conversations = db.exec(select(ChatConversation)).all()
     assert sorted(c.chat_id for c in conversations) == ["42", "43"]
     assert count(foxctl.db, Turn) == 3
+
+
+def test_concurrent_first_messages_share_a_session(foxctl: Harness) -> None:
+    inbound = [
+        InboundMessage(platform="telegram", delivery_id=str(n), chat_id="42", text=f"m{n}")
+        for n in range(4)
+    ]
+    barrier = threading.Barrier(len(inbound))
+
+    def accept(message: InboundMessage) -> None:
+        barrier.wait()
+        with foxctl.db.write() as db:
+            accept_message(db, message, agent="assistant")
+
+    threads = [threading.Thread(target=accept, args=(m,)) for m in inbound]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    with foxctl.db.read() as db:
+        conversations = db.exec(select(ChatConversation)).all()
+        sessions = {t.session_id for t in db.exec(select(Turn)).all()}
+    assert len(conversations) == 1
+    assert sessions == {conversations[0].session_id}
+    assert count(foxctl.db, Turn) == 4
 
 
 def test_deleted_session_gets_a_new_one(foxctl: Harness) -> None:

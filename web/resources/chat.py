@@ -166,7 +166,7 @@ class DiscordInteractionsResource(ChatEndpoint):
             return
         inbound = discord.parse_interaction(interaction)
         if inbound is None:
-            resp.media = discord.ephemeral("foxctl knows only /ask")
+            resp.media = discord.ephemeral("Unknown command: this bot supports only /ask.")
             return
         await self._accept(inbound)
         # A retried interaction gets the same deferred response, because its reply is on its way.
