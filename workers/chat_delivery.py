@@ -197,7 +197,7 @@ class ChatDeliverer:
             if self._stopping.is_set():
                 # Hand the delivery back; a retry resumes from the stored placeholder.
                 raise DeliveryLater("the worker is stopping", delay_s=1.0)
-            streamed += _delta_text(feed.poll(POLL_S), delivery.turn_id)
+            streamed = _apply_events(streamed, feed.poll(POLL_S), delivery.turn_id)
             if streamed == shown or self._clock() < next_edit_at:
                 continue
             preview = streamed[: client.max_chars]
@@ -269,12 +269,20 @@ class ChatDeliverer:
             db.add(row)
 
 
-def _delta_text(events: list[LiveEvent], turn_id: str) -> str:
-    return "".join(
-        str(event.get("text", ""))
-        for event in events
-        if event.get("type") == EventType.turn_delta.value and event.get("turn_id") == turn_id
-    )
+def _apply_events(streamed: str, events: list[LiveEvent], turn_id: str) -> str:
+    """Append the turn's streamed pieces to ``streamed``.
+
+    A new attempt of the turn (after a worker crash) streams from the start again, so
+    its ``turn.started`` event clears the text.
+    """
+    for event in events:
+        if event.get("turn_id") != turn_id:
+            continue
+        if event.get("type") == EventType.turn_started.value:
+            streamed = ""
+        elif event.get("type") == EventType.turn_delta.value:
+            streamed += str(event.get("text", ""))
+    return streamed
 
 
 def _later_on_limit(call: Callable[[], Any]) -> Any:
