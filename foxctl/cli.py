@@ -17,7 +17,8 @@ from shared.settings import Settings, SettingsError, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-QUEUE_CHOICES = ("turns", "embeddings", "maintenance")
+QUEUE_CHOICES = ("turns", "embeddings", "maintenance", "chat-delivery")
+CHAT_CHOICES = ("telegram", "discord", "teams")
 #: Variables that `foxctl up` gives laptop defaults unless the user set them.
 UP_DEFAULTED = ("FOXCTL_AUTH", "FOXCTL_LOG_FORMAT", "FOXCTL_LLM_PROVIDER")
 
@@ -106,10 +107,27 @@ def web() -> None:
     default=None,
     help="gunicorn worker processes (default WEB_CONCURRENCY, 2).",
 )
+@click.option(
+    "--chat",
+    "chat",
+    multiple=True,
+    type=click.Choice(CHAT_CHOICES),
+    help="Enable a chat adapter's webhook; repeat for several (default FOXCTL_CHAT_ADAPTERS).",
+)
 @one_line_errors
-def web_serve(workers: int | None) -> None:
+def web_serve(workers: int | None, chat: tuple[str, ...]) -> None:
     """Serve the API with gunicorn and uvicorn workers (replaces this process)."""
+    from shared.chat.adapters import selected_adapters
+
     settings = settings_from_env()
+    environment = dict(os.environ)
+    if chat:
+        environment["FOXCTL_CHAT_ADAPTERS"] = ",".join(sorted(set(chat)))
+        settings = settings.model_copy(
+            update={"chat_adapters": environment["FOXCTL_CHAT_ADAPTERS"]}
+        )
+    # Fail here, with one line, rather than in every gunicorn worker.
+    selected_adapters(settings)
     argv = [
         sys.executable,
         "-m",
@@ -135,7 +153,7 @@ def web_serve(workers: int | None) -> None:
         "-" if settings.log_level == "debug" else "/dev/null",
         "web.asgi:create()",
     ]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, environment)
 
 
 @main.command()
@@ -516,6 +534,76 @@ def send(session: str, text: str, wait: bool, timeout: float) -> None:
     if turn["status"] != "succeeded":
         fail(f"turn {turn['id']} ended {turn['status']}: {turn.get('error') or 'no reply'}")
     click.echo(client.reply_text(session, turn))
+
+
+# -- chat adapters -----------------------------------------------------------------------
+
+
+@main.group()
+def chat() -> None:
+    """Set up the chat platforms' webhooks and commands."""
+
+
+@chat.group("telegram")
+def chat_telegram() -> None:
+    """Telegram Bot API commands."""
+
+
+@chat_telegram.command("set-webhook")
+@click.argument("url")
+@one_line_errors
+def telegram_set_webhook(url: str) -> None:
+    """Point the bot's webhook at URL (https://HOST/api/telegram/webhook) with the secret."""
+    from shared.chat.errors import ChatError
+    from shared.chat.telegram import TelegramClient
+
+    settings = settings_from_env()
+    token, secret = settings.telegram_bot_token, settings.telegram_webhook_secret
+    if token is None or secret is None:
+        missing = "FOXCTL_TELEGRAM_BOT_TOKEN" if token is None else "FOXCTL_TELEGRAM_WEBHOOK_SECRET"
+        fail(f"{missing} is not set; set-webhook needs the bot token and the webhook secret")
+        return
+    if not url.startswith(("https://", "http://")):
+        fail(f"invalid URL {url!r}: expected https://HOST/api/telegram/webhook")
+    with httpx.Client(timeout=15) as http:
+        client = TelegramClient(token.get_secret_value(), settings.telegram_api_base, http)
+        try:
+            client.set_webhook(url, secret.get_secret_value())
+        except ChatError as error:
+            fail(f"Telegram refused the webhook: {error.message}")
+    click.echo(f"telegram webhook set to {url}")
+
+
+@chat.group("discord")
+def chat_discord() -> None:
+    """Discord application commands."""
+
+
+@chat_discord.command("register-commands")
+@one_line_errors
+def discord_register_commands() -> None:
+    """Register the /ask slash command for FOXCTL_DISCORD_APPLICATION_ID."""
+    from shared.chat.discord import DiscordClient
+    from shared.chat.errors import ChatError
+
+    settings = settings_from_env()
+    if not settings.discord_application_id or settings.discord_bot_token is None:
+        missing = (
+            "FOXCTL_DISCORD_APPLICATION_ID"
+            if not settings.discord_application_id
+            else "FOXCTL_DISCORD_BOT_TOKEN"
+        )
+        fail(f"{missing} is not set; register-commands needs the application id and bot token")
+        return
+    with httpx.Client(timeout=15) as http:
+        client = DiscordClient(
+            settings.discord_api_base, http, settings.discord_bot_token.get_secret_value()
+        )
+        try:
+            client.register_commands(settings.discord_application_id)
+        except ChatError as error:
+            fail(f"Discord refused the commands: {error.message}")
+    click.echo("discord command /ask registered")
 
 
 def _database() -> Any:

@@ -15,7 +15,8 @@ from dramatiq.broker import Broker
 TURNS = "turns"
 EMBEDDINGS = "embeddings"
 MAINTENANCE = "maintenance"
-ALL_QUEUES = (TURNS, EMBEDDINGS, MAINTENANCE)
+CHAT_DELIVERY = "chat-delivery"
+ALL_QUEUES = (TURNS, EMBEDDINGS, MAINTENANCE, CHAT_DELIVERY)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ActorRef:
 RUN_SESSION = ActorRef(TURNS, "run_session")
 #: Run a recorded maintenance job. Argument: the job run id (its parameters are stored).
 RUN_JOB = ActorRef(MAINTENANCE, "run_job")
+#: Send a turn's reply to a chat platform. Argument: the chat delivery id.
+DELIVER_CHAT_REPLY = ActorRef(CHAT_DELIVERY, "deliver_chat_reply")
 
 
 class Enqueuer:

@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 from shared.agents import models as _agents
 from shared.auth import models as _auth
 from shared.cas import models as _cas
+from shared.chat import models as _chat
 from shared.events import models as _events
 from shared.jobs import models as _jobs
 from shared.scheduling import models as _scheduling
@@ -19,6 +20,7 @@ __all__ = [
     "_agents",
     "_auth",
     "_cas",
+    "_chat",
     "_events",
     "_jobs",
     "_scheduling",

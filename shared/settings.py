@@ -146,6 +146,41 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Chat adapters: comma-separated telegram, discord, teams (or `web serve --chat`).
+    chat_adapters: str = ""
+    # Agent (id or name) for chats without their own; FOXCTL_CHAT_AGENTS maps
+    # platform:chat_id to an agent, as in "telegram:-1001=coder,discord:42=helper".
+    chat_default_agent: str = "assistant"
+    chat_agents: str = ""
+    chat_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Shortest pause between two edits of a streaming reply.
+    chat_edit_interval_s: float = Field(default=1.0, ge=0)
+    chat_placeholder_text: str = "…"
+    chat_delivery_max_retries: int = Field(default=8, ge=0, le=50)
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_bot_username: str | None = None
+    # Comma-separated group chat ids the bot replies in. Private chats always get replies.
+    telegram_allowed_groups: str = ""
+    telegram_api_base: str = "https://api.telegram.org"
+    discord_application_id: str | None = None
+    discord_public_key: str | None = None
+    discord_bot_token: SecretStr | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    # Interactions whose signed timestamp is older (or newer) than this are refused.
+    discord_max_skew_s: int = Field(default=300, ge=1)
+    teams_app_id: str | None = None
+    teams_app_password: SecretStr | None = None
+    # Set for a single-tenant bot; unset, only Bot Framework tokens are accepted.
+    teams_tenant_id: str | None = None
+    teams_openid_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    # {tenant} is replaced by FOXCTL_TEAMS_TENANT_ID.
+    teams_entra_openid_url: str = (
+        "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+    )
+    # {tenant} is replaced by FOXCTL_TEAMS_TENANT_ID, or botframework.com when unset.
+    teams_token_url: str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105
+
     @field_validator("db_driver", mode="before")
     @classmethod
     def _reject_legacy_driver(cls, value: Any) -> Any:
@@ -168,6 +203,25 @@ class Settings(BaseSettings):
         """Allowed WebSocket origins, without trailing slashes."""
         parts = (part.strip().rstrip("/") for part in self.ws_allowed_origins.split(","))
         return frozenset(part for part in parts if part)
+
+    @property
+    def chat_adapter_names(self) -> frozenset[str]:
+        """Selected chat adapters, lower case."""
+        parts = (part.strip().lower() for part in self.chat_adapters.split(","))
+        return frozenset(part for part in parts if part)
+
+    @property
+    def telegram_group_ids(self) -> frozenset[str]:
+        parts = (part.strip() for part in self.telegram_allowed_groups.split(","))
+        return frozenset(part for part in parts if part)
+
+    def chat_agent_for(self, platform: str, chat_id: str) -> str:
+        """Return the agent for a platform chat: its FOXCTL_CHAT_AGENTS entry, else the default."""
+        for entry in self.chat_agents.split(","):
+            key, _, agent = entry.strip().rpartition("=")
+            if key == f"{platform}:{chat_id}" and agent:
+                return agent
+        return self.chat_default_agent
 
     @property
     def sqlite_path(self) -> Path:
@@ -207,7 +261,16 @@ def _describe(error: ValidationError) -> str:
     return f"invalid {variable}={shown!r}: {message}"
 
 
-_SECRET_FIELDS = {"postgres_dsn", "llm_api_key", "api_token", "console_token_secret"}
+_SECRET_FIELDS = {
+    "postgres_dsn",
+    "llm_api_key",
+    "api_token",
+    "console_token_secret",
+    "telegram_bot_token",
+    "telegram_webhook_secret",
+    "discord_bot_token",
+    "teams_app_password",
+}
 
 
 def _variable_name(field: str) -> str:

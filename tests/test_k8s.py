@@ -264,14 +264,15 @@ def test_queue_names_exist_in_cli() -> None:
     docs = documents("postgres")
 
     queues = [
-        command[command.index("--queues") + 1]
+        command[index + 1]
         for _, spec in pod_specs(docs)
         for container in containers(spec)
         for command in foxctl_commands(container)
-        if "--queues" in command
+        for index, word in enumerate(command)
+        if word == "--queues"
     ]
 
-    assert sorted(queues) == ["embeddings", "maintenance", "turns"]
+    assert sorted(queues) == ["chat-delivery", "embeddings", "maintenance", "turns"]
     for queue in queues:
         assert queue in text
 
@@ -517,7 +518,8 @@ def test_local_overlay_runs_one_pod() -> None:
 @pytest.mark.parametrize("name", ["public-gui", "public-gui-local"])
 def test_public_gui_keeps_web_private(name: str) -> None:
     docs = documents(name)
-    [ingress] = [d for d in docs if d["kind"] == "Ingress"]
+    # foxctl-chat routes only the signed chat webhooks past the gateway.
+    [ingress] = [d for d in docs if d["kind"] == "Ingress" and d["metadata"]["name"] == "foxctl"]
     [policy] = [d for d in docs if d["metadata"]["name"] == "foxctl-web-ingress"]
 
     backends = {
@@ -543,3 +545,55 @@ def test_workspace_is_mounted_read_only() -> None:
     assert sidecar["restartPolicy"] == "Always"
     assert mount["readOnly"] is True
     assert container_env(container, docs)["FOXCTL_WORKSPACE"].startswith(mount["mountPath"])
+
+
+@pytest.mark.parametrize("name", ["postgres", "public-gui"])
+def test_chat_webhooks_reach_web_directly(name: str) -> None:
+    docs = documents(name)
+    [ingress] = [
+        d for d in docs if d["kind"] == "Ingress" and d["metadata"]["name"] == "foxctl-chat"
+    ]
+    [policy] = [d for d in docs if d["metadata"]["name"] == "foxctl-web-chat-ingress"]
+    web = deployment(docs, "foxctl-web")
+
+    paths = {
+        p["path"]: p["backend"]["service"]["name"]
+        for p in ingress["spec"]["rules"][0]["http"]["paths"]
+    }
+    [rule] = policy["spec"]["ingress"]
+
+    assert paths == {
+        "/api/telegram/webhook": "foxctl-web",
+        "/api/discord/interactions": "foxctl-web",
+        "/api/teams/messages": "foxctl-web",
+    }
+    assert [p["port"] for p in rule["ports"]] == [
+        listening_port(web["spec"]["template"]["spec"]["containers"][0], docs)
+    ]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+
+
+def test_chat_paths_match_the_routes() -> None:
+    from web.routes import CHAT_PATHS
+
+    [ingress] = [d for d in documents("postgres") if d["metadata"]["name"] == "foxctl-chat"]
+
+    paths = {p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+
+    assert paths == set(CHAT_PATHS)
+
+
+def test_chat_credentials_reach_web_and_delivery_worker() -> None:
+    docs = documents("postgres")
+
+    for name in ("foxctl-web", "foxctl-maintenance-worker"):
+        container = deployment(docs, name)["spec"]["template"]["spec"]["containers"][0]
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container["env"]
+            if "valueFrom" in e
+        }
+        assert refs["FOXCTL_TELEGRAM_BOT_TOKEN"] == "foxctl-chat"
+        assert refs["FOXCTL_TEAMS_APP_PASSWORD"] == "foxctl-chat"

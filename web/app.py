@@ -12,6 +12,7 @@ from dramatiq.broker import Broker
 
 from shared.broker import make_broker
 from shared.cas.stores import make_artifact_store
+from shared.chat.adapters import selected_adapters
 from shared.db import Database, make_engine
 from shared.events.fanout import make_event_hub, make_publisher
 from shared.events.live import EventPublisher
@@ -28,6 +29,11 @@ from web.resources.agents import (
     AgentStopResource,
 )
 from web.resources.cas import ArtifactPinResource, ArtifactResource, ArtifactsResource
+from web.resources.chat import (
+    DiscordInteractionsResource,
+    TeamsMessagesResource,
+    TelegramWebhookResource,
+)
 from web.resources.console import ConsoleResource
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
@@ -125,6 +131,9 @@ def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
 
 def _resources(ctx: WebContext) -> dict[str, object]:
     store = make_artifact_store(ctx.settings)
+    chat = selected_adapters(ctx.settings)
+    if chat:
+        log.info("chat adapters enabled", adapters=sorted(chat))
     return {
         "health": HealthResource(),
         "ready": ReadyResource(ctx),
@@ -147,6 +156,9 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "artifact": ArtifactResource(ctx, store),
         "artifact_pin": ArtifactPinResource(ctx, pinned=True),
         "artifact_unpin": ArtifactPinResource(ctx, pinned=False),
+        "telegram_webhook": TelegramWebhookResource(ctx, chat),
+        "discord_interactions": DiscordInteractionsResource(ctx, chat),
+        "teams_messages": TeamsMessagesResource(ctx, chat),
     }
 
 

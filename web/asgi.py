@@ -17,4 +17,7 @@ def create() -> falcon.asgi.App[Any, Any]:
     except SettingsError as error:
         raise SystemExit(f"foxctl web: {error}") from None
     configure_logging(settings, process="web")
-    return create_app(build_context(settings))
+    try:
+        return create_app(build_context(settings))
+    except SettingsError as error:
+        raise SystemExit(f"foxctl web: {error}") from None

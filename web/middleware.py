@@ -14,6 +14,7 @@ from shared.auth.errors import InvalidToken
 from shared.auth.service import hash_token, verify_token
 from web.context import WebContext
 from web.errors import ApiError
+from web.routes import CHAT_PATHS
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +61,8 @@ class BodyLimit:
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if req.method == "PUT" and req.path == UPLOAD_PATH:
             return  # streamed to the artifact store under FOXCTL_MAX_UPLOAD_BYTES
+        if req.path in CHAT_PATHS:
+            return  # limited by FOXCTL_CHAT_MAX_BODY_BYTES in the chat resources
         if req.content_length is not None and req.content_length > self._max:
             raise too_large(self._max)
 
@@ -87,6 +90,8 @@ class BearerAuth:
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if not req.path.startswith(("/api", "/ws")) or req.method == "OPTIONS":
+            return
+        if req.path in CHAT_PATHS:
             return
         token = _bearer_token(req.get_header("Authorization"))
         digest = hash_token(token)

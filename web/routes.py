@@ -349,6 +349,53 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+#: Chat webhooks verify their platform's signature instead of a bearer token. An
+#: adapter that is not selected returns 404.
+CHAT_ROUTES: tuple[Route, ...] = (
+    Route(
+        "/api/telegram/webhook",
+        "telegram_webhook",
+        {
+            "post": Operation(
+                "Receive a Telegram update (X-Telegram-Bot-Api-Secret-Token must match)",
+                200,
+                errors=(401, 404, 413),
+                public=True,
+                raw_body="application/json",
+            ),
+        },
+    ),
+    Route(
+        "/api/discord/interactions",
+        "discord_interactions",
+        {
+            "post": Operation(
+                "Receive a Discord interaction (Ed25519-signed); /ask is answered deferred",
+                200,
+                errors=(401, 404, 413),
+                public=True,
+                raw_body="application/json",
+            ),
+        },
+    ),
+    Route(
+        "/api/teams/messages",
+        "teams_messages",
+        {
+            "post": Operation(
+                "Receive a Bot Framework activity (Bearer JWT from the Bot Framework)",
+                200,
+                errors=(401, 404, 413),
+                public=True,
+                raw_body="application/json",
+            ),
+        },
+    ),
+)
+ROUTES = ROUTES + CHAT_ROUTES
+CHAT_PATHS = frozenset(route.path for route in CHAT_ROUTES)
+
+
 def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
     paths: dict[str, Any] = {}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared.queues import RUN_JOB, RUN_SESSION
+from shared.queues import DELIVER_CHAT_REPLY, RUN_JOB, RUN_SESSION
 from workers import runtime
 from workers.broker_setup import broker
+from workers.chat_delivery import DeliveryLater
 from workers.maintenance import execute_run
 
 # Dramatiq binds an actor to the global broker when the decorator runs, so the import
 # of broker_setup above must come first. It is imported here only for that effect.
-__all__ = ["broker", "run_job", "run_session"]
+__all__ = ["broker", "deliver_chat_reply", "run_job", "run_session"]
 
 _settings = runtime.settings()
 
@@ -49,3 +50,25 @@ def run_session(session_id: str) -> None:
 def run_job(job_run_id: str) -> None:
     """Run a recorded maintenance job. Idempotent: a finished run is not run again."""
     execute_run(runtime.current().db, job_run_id)
+
+
+@dramatiq.actor(
+    queue_name=DELIVER_CHAT_REPLY.queue,
+    actor_name=DELIVER_CHAT_REPLY.name,
+    # Retries wait for a platform's Retry-After or for a long turn; each retry resumes
+    # from what the delivery row records as sent.
+    max_retries=_settings.chat_delivery_max_retries,
+    min_backoff=1_000,
+    max_backoff=60_000,
+    time_limit=(_settings.turn_time_limit_s + 120) * 1_000,
+)
+def deliver_chat_reply(delivery_id: str) -> None:
+    """Send a turn's reply to its chat platform: placeholder, edits, final text.
+
+    Idempotent: a delivered reply is not sent again, and a retry sends only the pieces
+    not yet recorded as sent. A 429 retries after the platform's Retry-After.
+    """
+    try:
+        runtime.current().chat.deliver(delivery_id)
+    except DeliveryLater as later:
+        raise dramatiq.Retry(str(later), delay=max(int(later.delay_s * 1000), 1)) from later

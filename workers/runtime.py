@@ -11,10 +11,12 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import httpx
 from dramatiq.broker import Broker
 
 from shared.agents.models import Agent
 from shared.cas.stores import make_artifact_store
+from shared.chat.adapters import make_reply_clients
 from shared.db import Database, make_engine
 from shared.events.fanout import make_publisher
 from shared.events.live import EventPublisher
@@ -23,6 +25,7 @@ from shared.queues import Enqueuer
 from shared.settings import Settings, SettingsError, load_settings
 from shared.turns.lease import SqlTurnLock
 from workers.agent_loop import AgentLoop, LoopSettings
+from workers.chat_delivery import ChatDeliverer, DeliverySettings, feed_factory
 from workers.context import LexicalSearch
 from workers.llm.anthropic import AnthropicChatModel
 from workers.llm.base import ChatModel, ModelError, ModelReply
@@ -42,6 +45,7 @@ class WorkerRuntime:
     reconciler: Reconciler
     stopping: threading.Event
     heartbeat: HeartbeatWriter
+    chat: ChatDeliverer
 
 
 class UnconfiguredModel:
@@ -122,6 +126,7 @@ def build_runtime(
     enqueuer = Enqueuer(broker)
     stopping = threading.Event()
     lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
+    publisher = publisher or make_publisher(settings)
     loop = AgentLoop(
         db,
         ModelFactory(settings),
@@ -138,14 +143,38 @@ def build_runtime(
         lock=lock,
         enqueuer=enqueuer,
         loop=loop,
-        publisher=publisher or make_publisher(settings),
+        publisher=publisher,
         holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
         stopping=stopping,
         time_limit_s=settings.turn_time_limit_s,
     )
     reconciler = Reconciler(db, enqueuer, interval_s=settings.reconcile_interval_s)
     heartbeat = HeartbeatWriter(settings.run_dir, "worker")
-    return WorkerRuntime(settings, db, runner, reconciler, stopping, heartbeat)
+    return WorkerRuntime(
+        settings,
+        db,
+        runner,
+        reconciler,
+        stopping,
+        heartbeat,
+        build_chat(settings, db, publisher, stopping),
+    )
+
+
+def build_chat(
+    settings: Settings, db: Database, publisher: EventPublisher, stopping: threading.Event
+) -> ChatDeliverer:
+    return ChatDeliverer(
+        db,
+        make_reply_clients(settings, httpx.Client(timeout=15)),
+        feed_factory(settings.broker_url, publisher),
+        DeliverySettings(
+            edit_interval_s=settings.chat_edit_interval_s,
+            placeholder_text=settings.chat_placeholder_text,
+            follow_s=float(settings.turn_time_limit_s),
+        ),
+        stopping=stopping,
+    )
 
 
 _settings: Settings | None = None

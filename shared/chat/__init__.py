@@ -1,0 +1,1 @@
+"""Chat platforms (Telegram, Discord, Teams): conversations mapped to sessions, and replies."""
