@@ -53,7 +53,7 @@ class RedisFeed:
     def __init__(self, redis_url: str, session_id: str) -> None:
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self._pubsub.subscribe(channel_for(session_id))
+        self._pubsub.subscribe(channel_for(redis_url, session_id))
 
     def poll(self, timeout_s: float) -> list[LiveEvent]:
         events = []
