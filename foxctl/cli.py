@@ -135,7 +135,7 @@ def web_serve(workers: int | None) -> None:
         "-" if settings.log_level == "debug" else "/dev/null",
         "web.asgi:create()",
     ]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, {**os.environ, **metrics_environment(settings, "web")})
 
 
 @main.command()
@@ -175,8 +175,25 @@ def worker(queues: tuple[str, ...], processes: int, threads: int) -> None:
     if queues:
         argv += ["--queues", *queues]
     # Dramatiq reads its idle poll interval from this variable at import time.
-    environment = {**os.environ, "dramatiq_worker_timeout": str(settings.worker_poll_ms)}
+    environment = {
+        **os.environ,
+        "dramatiq_worker_timeout": str(settings.worker_poll_ms),
+        **metrics_environment(settings, "worker"),
+    }
     os.execve(sys.executable, argv, environment)
+
+
+def metrics_environment(settings: Settings, process: str) -> dict[str, str]:
+    """Return PROMETHEUS_MULTIPROC_DIR for the processes of one pod, emptied first.
+
+    prometheus_client reads it at import; files left by an earlier run of the container
+    would add old counts to the new ones, so they are deleted here.
+    """
+    directory = settings.prometheus_multiproc_dir or settings.run_dir / f"metrics-{process}"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
 @main.command()
