@@ -184,12 +184,14 @@ def worker(queues: tuple[str, ...], processes: int, threads: int) -> None:
 
 
 def metrics_environment(settings: Settings, process: str) -> dict[str, str]:
-    """Return PROMETHEUS_MULTIPROC_DIR for the processes of one pod, emptied first.
+    """Return PROMETHEUS_MULTIPROC_DIR for the processes this command starts, emptied.
 
-    prometheus_client reads it at import; files left by an earlier run of the container
-    would add old counts to the new ones, so they are deleted here.
+    prometheus_client reads it at import. The directory is named after this process,
+    whose pid the exec keeps, so that commands sharing FOXCTL_RUN_DIR (a Procfile) do not
+    mix or delete each other's files. Leftover files would add old counts to new ones.
     """
-    directory = settings.prometheus_multiproc_dir or settings.run_dir / f"metrics-{process}"
+    default = settings.run_dir / f"metrics-{process}-{os.getpid()}"
+    directory = settings.prometheus_multiproc_dir or default
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
