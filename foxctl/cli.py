@@ -153,7 +153,7 @@ def web_serve(workers: int | None, chat: tuple[str, ...]) -> None:
         "-" if settings.log_level == "debug" else "/dev/null",
         "web.asgi:create()",
     ]
-    os.execve(sys.executable, argv, environment)
+    os.execve(sys.executable, argv, {**environment, **metrics_environment(settings, "web")})
 
 
 @main.command()
@@ -193,8 +193,27 @@ def worker(queues: tuple[str, ...], processes: int, threads: int) -> None:
     if queues:
         argv += ["--queues", *queues]
     # Dramatiq reads its idle poll interval from this variable at import time.
-    environment = {**os.environ, "dramatiq_worker_timeout": str(settings.worker_poll_ms)}
+    environment = {
+        **os.environ,
+        "dramatiq_worker_timeout": str(settings.worker_poll_ms),
+        **metrics_environment(settings, "worker"),
+    }
     os.execve(sys.executable, argv, environment)
+
+
+def metrics_environment(settings: Settings, process: str) -> dict[str, str]:
+    """Return PROMETHEUS_MULTIPROC_DIR for the processes this command starts, emptied.
+
+    prometheus_client reads it at import. The directory is named after this process,
+    whose pid the exec keeps, so that commands sharing FOXCTL_RUN_DIR (a Procfile) do not
+    mix or delete each other's files. Leftover files would add old counts to new ones.
+    """
+    default = settings.run_dir / f"metrics-{process}-{os.getpid()}"
+    directory = settings.prometheus_multiproc_dir or default
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
 @main.command()

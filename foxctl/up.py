@@ -22,6 +22,7 @@ from shared.queues import Enqueuer
 from shared.sessions.models import SessionCreate
 from shared.sessions.service import create_session, list_sessions
 from shared.settings import Settings, mask_url
+from shared.telemetry import configure_tracing, shutdown_tracing
 from workers.automation import AutomationLoop
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,7 @@ def run_up(
             "bind 127.0.0.1 or set FOXCTL_AUTH=on"
         )
     configure_logging(settings, process="up")
+    configure_tracing(settings, process="up")
 
     engine = make_engine(settings)
     upgrade(engine)
@@ -77,6 +79,7 @@ def run_up(
     finally:
         automation.stop()
         _stop_worker(worker, settings)
+        shutdown_tracing()
 
 
 def _start_worker(settings: Settings, threads: int, publisher: EventPublisher) -> Worker:

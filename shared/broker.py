@@ -11,6 +11,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from shared.errors import UnavailableError
 from shared.settings import Settings
+from shared.telemetry import TracingMiddleware
 
 _memory_lock = threading.Lock()
 _memory_broker: StubBroker | None = None
@@ -24,7 +25,9 @@ def make_broker(settings: Settings) -> Broker:
     """
     if settings.broker_url.startswith("memory://"):
         return memory_broker()
-    return RedisBroker(url=settings.broker_url)  # type: ignore[no-untyped-call]
+    broker = RedisBroker(url=settings.broker_url)  # type: ignore[no-untyped-call]
+    broker.add_middleware(TracingMiddleware())
+    return broker
 
 
 def memory_broker() -> StubBroker:
@@ -32,6 +35,7 @@ def memory_broker() -> StubBroker:
     with _memory_lock:
         if _memory_broker is None:
             _memory_broker = StubBroker()
+            _memory_broker.add_middleware(TracingMiddleware())
             # StubBroker re-raises actor failures in join() only when asked; keep the
             # default so a failed actor behaves as on Redis (retried, then dropped).
         return _memory_broker

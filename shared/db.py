@@ -19,15 +19,19 @@ from sqlmodel import Session, create_engine
 
 from shared.errors import InvalidInputError, UnavailableError
 from shared.settings import Settings
+from shared.telemetry import instrument_engine
 
 _WRITE_OPTION = "foxctl_write"
 
 
 def make_engine(settings: Settings) -> Engine:
-    """Create the process's engine for ``FOXCTL_DB_DRIVER``."""
+    """Create the process's engine for ``FOXCTL_DB_DRIVER``, traced when tracing is on."""
     if settings.db_driver == "sqlite":
-        return _make_sqlite_engine(settings)
-    return _make_postgres_engine(settings)
+        engine = _make_sqlite_engine(settings)
+    else:
+        engine = _make_postgres_engine(settings)
+    instrument_engine(engine)
+    return engine
 
 
 def _make_postgres_engine(settings: Settings) -> Engine:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import dramatiq
 from dramatiq.broker import Broker
+from opentelemetry.trace import SpanKind
+
+from shared import telemetry
 
 TURNS = "turns"
 EMBEDDINGS = "embeddings"
@@ -49,7 +52,11 @@ class Enqueuer:
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=actor.queue, actor_name=actor.name, args=args, kwargs={}, options={}
         )
-        sent = self._broker.enqueue(message, delay=delay_ms)
+        # The broker's TracingMiddleware writes this span's context into the message.
+        attributes = telemetry.message_attributes(actor.queue, actor.name, "publish")
+        attributes["messaging.message.id"] = message.message_id
+        with telemetry.span(f"{actor.queue} publish", attributes, kind=SpanKind.PRODUCER):
+            sent = self._broker.enqueue(message, delay=delay_ms)
         return sent.message_id
 
     def wake_session(self, session_id: str) -> str:

@@ -180,6 +180,37 @@ class Settings(BaseSettings):
     )
     # {tenant} is replaced by FOXCTL_TEAMS_TENANT_ID, or botframework.com when unset.
     teams_token_url: str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105
+    # Observability. When set, each process also writes its log lines as NDJSON files
+    # under this directory, rotated at obs_max_bytes and keeping obs_files old files.
+    obs_dir: Path | None = None
+    obs_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    obs_files: int = Field(default=5, ge=1, le=100)
+    # Port of a worker's Prometheus /metrics; 0 turns it off. Bound to FOXCTL_HOST.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Whose inbound W3C traceparent header a web request continues: callers that passed
+    # bearer authentication, every caller (behind a trusted gateway), or nobody.
+    trace_inbound: Literal["authenticated", "always", "never"] = "authenticated"
+    # Standard OpenTelemetry variables; tracing is off unless an exporter or endpoint is set.
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_TRACES_EXPORTER")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    otel_service_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_SERVICE_NAME")
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED")
+    )
+    # Shared by the processes of one pod (gunicorn workers, dramatiq processes) so that
+    # /metrics adds up all of them; the web and worker commands set it under run_dir.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
+    )
 
     @field_validator("db_driver", mode="before")
     @classmethod
@@ -273,8 +304,21 @@ _SECRET_FIELDS = {
 }
 
 
+#: Variables without the FOXCTL_ prefix that settings read.
+STANDARD_NAMES = (
+    "PORT",
+    "WEB_CONCURRENCY",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_SDK_DISABLED",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
+
+
 def _variable_name(field: str) -> str:
-    if field in ("PORT", "WEB_CONCURRENCY"):
+    if field in STANDARD_NAMES:
         return field
     info = Settings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
@@ -299,7 +343,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     """
     source = _apply_legacy_keys(os.environ if environ is None else environ)
     known = {k: v for k, v in source.items() if k.upper().startswith("FOXCTL_")}
-    for name in ("PORT", "WEB_CONCURRENCY"):
+    for name in STANDARD_NAMES:
         if name in source:
             known[name] = source[name]
     try:
@@ -311,7 +355,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 def _lowercase_keys(values: Mapping[str, str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, value in values.items():
-        if key in ("PORT", "WEB_CONCURRENCY"):
+        if key in STANDARD_NAMES:
             result[key] = value
             continue
         result[key[len("FOXCTL_") :].lower()] = value

@@ -26,6 +26,7 @@ from shared.cas.stores import (
     FileArtifactStore,
     S3ArtifactStore,
     SqliteArtifactStore,
+    TracedArtifactStore,
     make_artifact_store,
     put_object,
 )
@@ -394,7 +395,8 @@ def test_make_artifact_store_follows_driver(
 
     store = make_artifact_store(settings, s3_client=s3_client)
 
-    assert isinstance(store, kind)
+    assert isinstance(store, TracedArtifactStore)
+    assert isinstance(store.inner, kind)
     digest = put_object(store, [b"via settings"]).digest
     assert _read_all(store, digest) == b"via settings"
     if driver == "file":

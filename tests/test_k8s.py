@@ -410,10 +410,37 @@ def test_backend_ports_open_for_every_process() -> None:
     assert components <= set(expression["values"])
 
 
+def metrics_port(container: dict[str, Any], docs: list[dict[str, Any]]) -> int:
+    """Return the port that serves /metrics: the web port (also under `foxctl up`), or a
+    worker's metrics port."""
+    env = container_env(container, docs)
+    if container["command"][:3] == ["foxctl", "web", "serve"] or container["command"][1] == "up":
+        return int(env.get("PORT", "8080"))
+    default = Settings.model_fields["metrics_port"].default
+    return int(env.get("FOXCTL_METRICS_PORT", default))
+
+
 @pytest.mark.parametrize("name", list(RENDERINGS))
-def test_no_prometheus_scrape_annotations(name: str) -> None:
-    # /metrics is not served yet, so nothing may ask Prometheus to scrape it.
-    assert "prometheus.io" not in RENDERINGS[name]()
+def test_scrape_annotations_name_served_port(name: str) -> None:
+    docs = documents(name)
+    annotated = []
+
+    for workload, spec in pod_specs(docs):
+        annotations = workload["spec"].get("template", {}).get("metadata", {}).get("annotations")
+        if not annotations or "prometheus.io/port" not in annotations:
+            continue
+        annotated.append(workload["metadata"]["name"])
+        [container] = [c for c in spec["containers"] if is_foxctl(c)]
+        port = int(annotations["prometheus.io/port"])
+        declared = {p["containerPort"] for p in container.get("ports", [])}
+        where = workload["metadata"]["name"]
+        assert annotations["prometheus.io/path"] == "/metrics", where
+        assert port == metrics_port(container, docs), where
+        assert port in declared, where
+
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    assert "foxctl-web" in annotated
+    assert "foxctl-worker" in annotated or "foxctl-worker" not in deployments
 
 
 @pytest.mark.parametrize("name", list(RENDERINGS))

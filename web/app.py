@@ -18,10 +18,11 @@ from shared.events.fanout import make_event_hub, make_publisher
 from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
 from shared.settings import Settings
+from shared.telemetry import flush_tracing
 from web import errors
 from web.context import WebContext
 from web.drain import DrainState
-from web.middleware import BearerAuth, BodyLimit, RequestContext
+from web.middleware import BearerAuth, BodyLimit, RequestContext, RequestTracing
 from web.resources.agents import (
     AgentResource,
     AgentsResource,
@@ -39,6 +40,7 @@ from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
 from web.resources.jobs import JobsResource
 from web.resources.live import ConsoleTokenResource, SessionEventsResource
+from web.resources.metrics import MetricsResource
 from web.resources.openapi import OpenApiResource
 from web.resources.page import add_console_routes
 from web.resources.sessions import SessionMessagesResource, SessionResource, SessionsResource
@@ -64,6 +66,8 @@ class Lifespan:
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
         await self._ctx.stop()
+        # The last requests' spans are still buffered; export them before the exit.
+        flush_tracing()
         log.info("web process stopped")
 
 
@@ -119,6 +123,8 @@ def create_app(ctx: WebContext) -> falcon.asgi.App[Any, Any]:
             "authentication is OFF (FOXCTL_AUTH=off): anyone who can reach this "
             "port can use the API"
         )
+    # After authentication, which decides whether an inbound traceparent is trusted.
+    middleware.append(RequestTracing(ctx.settings.trace_inbound))
 
     app = falcon.asgi.App(middleware=middleware)
     errors.install(app)
@@ -137,6 +143,7 @@ def _resources(ctx: WebContext) -> dict[str, object]:
     return {
         "health": HealthResource(),
         "ready": ReadyResource(ctx),
+        "metrics": MetricsResource(ctx),
         "openapi": OpenApiResource(openapi_document()),
         "agents": AgentsResource(ctx),
         "agent": AgentResource(ctx),

@@ -8,6 +8,7 @@ import falcon.asgi
 
 from shared.logging import configure_logging
 from shared.settings import SettingsError, load_settings
+from shared.telemetry import configure_tracing
 from web.app import build_context, create_app
 
 
@@ -17,6 +18,8 @@ def create() -> falcon.asgi.App[Any, Any]:
     except SettingsError as error:
         raise SystemExit(f"foxctl web: {error}") from None
     configure_logging(settings, process="web")
+    # Before the engine is built, so that its statements are traced.
+    configure_tracing(settings, process="web")
     try:
         return create_app(build_context(settings))
     except SettingsError as error:

@@ -7,6 +7,7 @@ the event loop only awaits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,8 +60,11 @@ class WebContext:
             self.db.dispose()
 
     async def run(self, function: Callable[[], T]) -> T:
-        """Run blocking ``function`` in the pool and await its result."""
+        """Run blocking ``function`` in the pool, in the caller's context; await its result."""
         if self.executor is None:
             raise RuntimeError("web context not started; the ASGI lifespan starts it")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, function)
+        # A copy of the caller's context carries the log ids and the current span into
+        # the thread, so its log lines and spans belong to the request.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self.executor, context.run, function)

@@ -83,6 +83,17 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route(
+        "/metrics",
+        "metrics",
+        {
+            "get": Operation(
+                "Return Prometheus metrics of this pod's web processes, queues and turns",
+                200,
+                public=True,
+            ),
+        },
+    ),
+    Route(
         "/api/openapi.json",
         "openapi",
         {

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind
 from sqlmodel import col, select
 
+from shared import telemetry
 from shared.agents.models import Agent, AgentMode
 from shared.cas.service import store_upload
 from shared.cas.stores.base import ArtifactStore
 from shared.db import Database
 from shared.events.models import EventType
+from shared.metrics import MODEL_SECONDS, observe_model_call
 from shared.sessions.models import AgentSession, Message
 from shared.turns.models import Turn
 from workers.context import LexicalSearch, format_snippets
@@ -171,14 +174,31 @@ class AgentLoop:
             if text:
                 buffer.add(text)
 
-        try:
-            reply = model.complete(conversation, specs, on_delta=on_delta)
-        except ModelError as error:
+        provider = getattr(model, "provider", "unknown")
+        attributes = {"gen_ai.system": provider, "gen_ai.request.model": model.name}
+        began = time.perf_counter()
+        with telemetry.span(f"chat {model.name}", attributes, kind=SpanKind.CLIENT) as current:
+            try:
+                reply = model.complete(conversation, specs, on_delta=on_delta)
+            except ModelError as error:
+                MODEL_SECONDS.labels(provider, model.name, "error").observe(
+                    time.perf_counter() - began
+                )
+                telemetry.record_error(current, error)
+                buffer.flush()
+                scope.fail(f"model {model.name!r} failed: {error.message}")
+                return None
+            # Sent before any event of this call is stored, so it follows the same sequence.
             buffer.flush()
-            scope.fail(f"model {model.name!r} failed: {error.message}")
-            return None
-        # Sent before any event of this call is stored, so it follows the same sequence.
-        buffer.flush()
+            current.set_attribute("gen_ai.usage.input_tokens", reply.prompt_tokens)
+            current.set_attribute("gen_ai.usage.output_tokens", reply.completion_tokens)
+        observe_model_call(
+            provider,
+            model.name,
+            time.perf_counter() - began,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+        )
         return reply
 
     def _run_tool(self, call: ToolCall, allowed: frozenset[str], scope: TurnScope) -> ToolResult:
@@ -186,11 +206,14 @@ class AgentLoop:
             EventType.tool_called,
             {"call_id": call.id, "name": call.name, "arguments": call.arguments},
         )
-        if call.name == END_TICK and END_TICK in allowed:
-            scope.end_tick()
-            result = ToolResult(call.id, call.name, "tick loop ended", ok=True)
-        else:
-            result = self._tools.run(allowed, call)
+        attributes = {"gen_ai.tool.name": call.name, "gen_ai.tool.call.id": call.id}
+        with telemetry.span(f"execute_tool {call.name}", attributes) as current:
+            if call.name == END_TICK and END_TICK in allowed:
+                scope.end_tick()
+                result = ToolResult(call.id, call.name, "tick loop ended", ok=True)
+            else:
+                result = self._tools.run(allowed, call)
+            current.set_attribute("foxctl.tool.ok", result.ok)
         data: dict[str, Any] = {"call_id": result.call_id, "name": result.name, "ok": result.ok}
         output = result.output
         artifacts: tuple[str, ...] = ()

@@ -15,7 +15,8 @@ from dramatiq.worker import Worker
 from shared.broker import make_broker
 from shared.logging import configure_logging
 from shared.queues import ALL_QUEUES, TURNS
-from workers import runtime
+from shared.telemetry import configure_tracing, shutdown_tracing
+from workers import metrics_server, runtime
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +25,8 @@ class RuntimeMiddleware(Middleware):
     """Build per-process state after fork; stop taking turns at shutdown."""
 
     def after_process_boot(self, broker: Broker) -> None:
+        # Per process: the span exporter's thread does not survive Dramatiq's fork.
+        configure_tracing(runtime.settings(), process="worker")
         runtime.start_process(broker)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
@@ -31,6 +34,7 @@ class RuntimeMiddleware(Middleware):
         if queues is None or TURNS in queues:
             runtime.current().reconciler.start()
         runtime.current().heartbeat.start()
+        metrics_server.start(runtime.settings(), broker, runtime.current().db)
         log.info("worker started", queues=sorted(queues or ALL_QUEUES))
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
@@ -45,6 +49,10 @@ class RuntimeMiddleware(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         runtime.current().heartbeat.stop()
         runtime.current().db.dispose()
+        metrics_server.stop()
+        # Dramatiq's worker processes are multiprocessing children, which end with
+        # os._exit and skip atexit hooks, so the buffered spans are exported here.
+        shutdown_tracing()
         log.info("worker stopped")
 
 

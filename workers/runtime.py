@@ -51,6 +51,8 @@ class WorkerRuntime:
 class UnconfiguredModel:
     """Stands in for a provider that cannot work: every call fails with ``reason``."""
 
+    provider = "unconfigured"
+
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         self._reason = reason

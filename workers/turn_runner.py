@@ -13,6 +13,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
+from shared import telemetry
 from shared.agents.models import Agent, AgentStatus
 from shared.cas.models import OwnerKind
 from shared.cas.service import add_reference
@@ -22,6 +23,7 @@ from shared.errors import UnavailableError
 from shared.events.live import EventPublisher, NullPublisher, publish_all
 from shared.events.models import EventType
 from shared.events.service import append_event, take_appended
+from shared.metrics import LOCK_WAIT_SECONDS, TURN_SECONDS
 from shared.queues import Enqueuer
 from shared.sessions.models import AgentSession
 from shared.turns import service as turns
@@ -121,7 +123,9 @@ class TurnRunner:
         each call within the actor's time limit.
         """
         holder = f"{self._holder_prefix}/{threading.get_ident()}"
+        claim_started = time.perf_counter()
         token = self._lock.claim(session_id, holder)
+        LOCK_WAIT_SECONDS.observe(time.perf_counter() - claim_started)
         if token is None:
             log.debug("session held by another worker", session_id=session_id)
             return
@@ -152,25 +156,41 @@ class TurnRunner:
         if started is None:
             return
         turn, started_seq = started
-        with structlog.contextvars.bound_contextvars(turn_id=turn.id):
+        ids = {"turn_id": turn.id, "message_id": turn.message_id}
+        attributes = {"foxctl.session_id": session_id, "foxctl.turn_id": turn.id}
+        began = time.perf_counter()
+        outcome = "finished"
+        with (
+            structlog.contextvars.bound_contextvars(**ids),
+            telemetry.span("turn", attributes) as current,
+        ):
             try:
                 self._run_turn(turn, token, keeper, started_seq)
             except TurnCancelled:
+                outcome = "cancelled"
                 log.info("turn cancelled")
             except HandBack:
+                outcome = "handed_back"
                 log.info("turn handed back: worker is stopping")
             except TurnEnded:
-                pass
+                outcome = "timed_out"
             except (LeaseLost, UnavailableError, SQLAlchemyError):
                 # Infrastructure trouble: the actor retries, and the turn runs again.
+                outcome = "retried"
                 raise
             except TimeLimitExceeded:
+                outcome = "timed_out"
                 self._fail_quietly(turn, token, "the turn exceeded the worker's time limit")
             except Exception as error:
                 # A bug or an unexpected tool failure: re-running would repeat the model
                 # calls and tool effects, so the turn ends here.
+                outcome = "error"
+                telemetry.record_error(current, error)
                 log.exception("turn failed with an unexpected error")
                 self._fail_quietly(turn, token, f"internal error: {type(error).__name__}")
+            finally:
+                current.set_attribute("foxctl.outcome", outcome)
+                TURN_SECONDS.labels(outcome).observe(time.perf_counter() - began)
 
     def _fail_quietly(self, turn: Turn, token: int, error: str) -> None:
         with self._fenced(turn.session_id, token) as db:

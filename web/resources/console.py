@@ -35,6 +35,7 @@ from shared.errors import FoxctlError, NotFoundError
 from shared.events.hub import Subscription, SubscriptionClosed, SubscriptionOverflow
 from shared.events.live import LiveEvent, publish_all
 from shared.events.service import take_appended
+from shared.metrics import WEBSOCKET_CLIENTS
 from shared.sessions.errors import SessionNotFound
 from shared.turns import service as turns
 from shared.turns.errors import TurnNotFound
@@ -106,7 +107,15 @@ class ConsoleResource:
             await ws.close(CLOSE_FORBIDDEN)
             return
         await ws.accept()
+        WEBSOCKET_CLIENTS.inc()
+        try:
+            await self._serve(req, ws, session_id)
+        finally:
+            WEBSOCKET_CLIENTS.dec()
 
+    async def _serve(
+        self, req: falcon.asgi.Request, ws: falcon.asgi.WebSocket, session_id: str
+    ) -> None:
         connection = ConsoleConnection(self._ctx, ws, session_id)
         if not await self._authorized(req, session_id):
             await connection.fail(

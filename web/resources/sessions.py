@@ -131,6 +131,10 @@ def submit_and_wake(ctx: WebContext, session_id: str, content: str, key: str | N
     with ctx.db.write() as db:
         submission = submit_message(db, session_id, content, idempotency_key=key)
     publish_all(ctx.publisher, session_id, take_appended(db))
+    structlog.contextvars.bind_contextvars(
+        session_id=session_id, message_id=submission.message.id, turn_id=submission.turn.id
+    )
+    log.info("message accepted", replayed=submission.replayed)
     if submission.replayed:
         return submission
     # The message is committed before the wake-up is sent. If the broker is down,

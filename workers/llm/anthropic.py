@@ -27,6 +27,8 @@ class AnthropicChatModel:
     like the other 5xx statuses.
     """
 
+    provider = "anthropic"
+
     def __init__(
         self,
         *,

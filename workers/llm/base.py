@@ -38,6 +38,8 @@ class ChatModel(Protocol):
     """A chat model that replies with text or with tool calls."""
 
     name: str
+    #: The provider setting that selects this client, such as ``openai_compat``.
+    provider: str
 
     def complete(
         self,

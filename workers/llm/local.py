@@ -89,6 +89,8 @@ class LocalChatModel:
     the small model from repeating a phrase in a loop.
     """
 
+    provider = "local"
+
     # The agent loop injects workspace excerpts for models without tool support, and it
     # fits the history into ``context_tokens``, which __init__ sets to ``n_ctx``.
     supports_tools = False

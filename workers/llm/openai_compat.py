@@ -26,6 +26,8 @@ class OpenAICompatChatModel:
     Retries and timeouts follow ``ModelEndpoint``.
     """
 
+    provider = "openai_compat"
+
     def __init__(
         self,
         *,

@@ -8,6 +8,7 @@ from shared.cas.stores.base import ArtifactStore, PutResult, StagedObject, put_o
 from shared.cas.stores.file import FileArtifactStore
 from shared.cas.stores.s3 import S3ArtifactStore, make_s3_client
 from shared.cas.stores.sqlite import SqliteArtifactStore
+from shared.cas.stores.traced import TracedArtifactStore
 from shared.settings import Settings
 
 
@@ -15,8 +16,12 @@ def make_artifact_store(settings: Settings, s3_client: Any = None) -> ArtifactSt
     """Build the store that ``FOXCTL_CAS_DRIVER`` selects.
 
     For ``s3``, ``s3_client`` defaults to a boto3 client built from the settings and the
-    standard AWS credential chain.
+    standard AWS credential chain. Every store is wrapped for spans and byte counts.
     """
+    return TracedArtifactStore(_make_inner_store(settings, s3_client), settings.cas_driver)
+
+
+def _make_inner_store(settings: Settings, s3_client: Any) -> ArtifactStore:
     if settings.cas_driver == "file":
         return FileArtifactStore(settings.storage_root / "cas")
     if settings.cas_driver == "sqlite":
@@ -33,6 +38,7 @@ __all__ = [
     "S3ArtifactStore",
     "SqliteArtifactStore",
     "StagedObject",
+    "TracedArtifactStore",
     "make_artifact_store",
     "make_s3_client",
     "put_object",
