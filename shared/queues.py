@@ -28,6 +28,10 @@ class ActorRef:
 RUN_SESSION = ActorRef(TURNS, "run_session")
 #: Run a recorded maintenance job. Argument: the job run id (its parameters are stored).
 RUN_JOB = ActorRef(MAINTENANCE, "run_job")
+#: Index the workspace: a recorded job run on the embeddings queue. Argument: the run id.
+INDEX_WORKSPACE = ActorRef(EMBEDDINGS, "index_workspace")
+#: Embed a batch of index chunks. Arguments: the chunk ids.
+EMBED_CHUNKS = ActorRef(EMBEDDINGS, "embed_chunks")
 
 
 class Enqueuer:

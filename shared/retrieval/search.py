@@ -1,0 +1,244 @@
+"""Hybrid search over the workspace index: vectors and full text, fused, then reranked.
+
+Vector hits (pgvector HNSW, or exact search) and full-text hits (PostgreSQL tsvector
+or SQLite FTS5, both with English stemming) are fused by reciprocal rank, so that an
+exact identifier the embedding misses still ranks. With a reranker, the top candidates
+are rescored and the final score blends the rerank score with the fused score.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from sqlalchemy import text
+from sqlmodel import Session, col, select
+
+from shared.db import Database
+from shared.retrieval.embedders import DisabledEmbedder, Embedder
+from shared.retrieval.errors import (
+    EmbeddingError,
+    EmbeddingUnavailableError,
+    InvalidQueryError,
+)
+from shared.retrieval.models import Chunk, EmbeddingSpace, SearchHit, SearchResults
+from shared.retrieval.rerank import Reranker, RerankError
+from shared.retrieval.service import embedding_input
+from shared.retrieval.vectors import (
+    ExactVectorSearch,
+    VectorHit,
+    check_vector_support,
+    like_prefix,
+    search_hnsw,
+)
+
+log = structlog.get_logger(__name__)
+
+#: Reciprocal rank fusion constant: a hit at rank r adds 1 / (RRF_K + r).
+RRF_K = 60
+MAX_LIMIT = 100
+MAX_QUERY_CHARS = 2000
+_TERM = re.compile(r"[A-Za-z0-9_]+")
+#: Words too common to help full-text search (English stemming drops most others).
+_STOPWORDS = frozenset(
+    "a an and are as at be by do does for from how i in is it of on or the this to what "
+    "when where which who why with".split()
+)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    limit: int = 10
+    path_prefix: str | None = None
+    # None: rerank when a reranker is configured.
+    rerank: bool | None = None
+
+
+class SearchService:
+    """Search the index; share one instance per process (it caches exact-search vectors)."""
+
+    def __init__(
+        self,
+        db: Database,
+        embedder: Embedder,
+        reranker: Reranker | None = None,
+        *,
+        require_vector: bool = False,
+        rerank_candidates: int = 30,
+        rerank_weight: float = 0.7,
+    ) -> None:
+        self._db = db
+        self._embedder = embedder
+        self._reranker = reranker
+        self._require_vector = require_vector
+        self._rerank_candidates = rerank_candidates
+        self._rerank_weight = rerank_weight
+        self._exact = ExactVectorSearch()
+
+    def search(self, query: str, options: SearchOptions | None = None) -> SearchResults:
+        """Return the best chunks for ``query``. Raises InvalidQueryError on bad input."""
+        options = options or SearchOptions()
+        query = _check_query(query, options)
+        want_rerank = self._reranker is not None and options.rerank is not False
+        pool = max(options.limit, self._rerank_candidates if want_rerank else 0) * 2
+
+        vector_hits, mode = self._vector_hits(query, pool, options.path_prefix)
+        with self._db.read() as session:
+            text_hits = _text_hits(session, query, pool, options.path_prefix)
+        fused = _fuse(vector_hits, text_hits)
+        if mode == "off":
+            mode = "text"
+        elif text_hits:
+            mode = f"hybrid:{mode}"
+
+        reranked = False
+        if want_rerank and fused:
+            fused, reranked = self._rerank(query, fused)
+        top = fused[: options.limit]
+        return SearchResults(
+            query=query, items=self._hits(top), mode=mode, reranked=reranked
+        )
+
+    def _vector_hits(
+        self, query: str, limit: int, path_prefix: str | None
+    ) -> tuple[list[VectorHit], str]:
+        if isinstance(self._embedder, DisabledEmbedder):
+            return [], "off"
+        with self._db.read() as session:
+            space = session.get(EmbeddingSpace, 1)
+            mode = check_vector_support(session.connection(), required=self._require_vector)
+        if space is None or space.model != self._embedder.key or space.dimension is None:
+            return [], "off"
+        try:
+            vector = self._embedder.embed([embedding_input("", query)])[0]
+        except (EmbeddingError, EmbeddingUnavailableError) as error:
+            log.warning("query embedding failed; searching full text only", error=str(error))
+            return [], "off"
+        array = np.asarray(vector, dtype=np.float32)
+        array /= max(float(np.linalg.norm(array)), 1e-12)
+        if len(array) != space.dimension:
+            log.warning("query vector has the wrong dimension", dimension=len(array))
+            return [], "off"
+
+        with self._db.read() as session:
+            if mode == "hnsw":
+                hits = search_hnsw(
+                    session, array, model=space.model, limit=limit, path_prefix=path_prefix
+                )
+            else:
+                hits = self._exact.search(
+                    session, array, model=space.model, limit=limit, path_prefix=path_prefix
+                )
+        return hits, mode
+
+    def _rerank(
+        self, query: str, fused: list[tuple[int, float]]
+    ) -> tuple[list[tuple[int, float]], bool]:
+        assert self._reranker is not None
+        candidates = fused[: self._rerank_candidates]
+        chunks = self._chunks([chunk_id for chunk_id, _ in candidates])
+        documents = [
+            f"{chunks[i].path}\n{chunks[i].text}" if i in chunks else "" for i, _ in candidates
+        ]
+        try:
+            scores = self._reranker.rerank(query, documents, len(documents))
+        except RerankError as error:
+            log.warning("reranker failed; keeping search order", error=str(error))
+            return fused, False
+        best = max(score for _, score in candidates) or 1.0
+        weight = self._rerank_weight
+        blended = [
+            (chunk_id, weight * scores.get(i, 0.0) + (1 - weight) * score / best)
+            for i, (chunk_id, score) in enumerate(candidates)
+        ]
+        blended.sort(key=lambda item: -item[1])
+        return blended + fused[len(candidates) :], True
+
+    def _hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+        chunks = self._chunks([chunk_id for chunk_id, _ in ranked])
+        return [
+            SearchHit(
+                path=chunks[chunk_id].path,
+                start_line=chunks[chunk_id].start_line,
+                end_line=chunks[chunk_id].end_line,
+                snippet=chunks[chunk_id].text,
+                score=round(score, 6),
+            )
+            for chunk_id, score in ranked
+            if chunk_id in chunks
+        ]
+
+    def _chunks(self, ids: list[int]) -> dict[int, Chunk]:
+        if not ids:
+            return {}
+        with self._db.read() as session:
+            rows = session.exec(select(Chunk).where(col(Chunk.id).in_(ids))).all()
+        return {row.id: row for row in rows if row.id is not None}
+
+
+def _check_query(query: str, options: SearchOptions) -> str:
+    query = (query or "").strip()
+    if not query:
+        raise InvalidQueryError("query is empty; pass the text to search for in q")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidQueryError(
+            f"query is {len(query)} characters long; the maximum is {MAX_QUERY_CHARS}"
+        )
+    if not 1 <= options.limit <= MAX_LIMIT:
+        raise InvalidQueryError(f"limit={options.limit} is out of range; use 1 to {MAX_LIMIT}")
+    return query
+
+
+def query_terms(query: str) -> list[str]:
+    """Split a query into full-text terms: words and identifiers minus stopwords."""
+    terms: list[str] = []
+    for word in _TERM.findall(query):
+        lowered = word.lower()
+        if lowered not in _STOPWORDS and lowered not in terms:
+            terms.append(lowered)
+    return terms
+
+
+def _text_hits(
+    session: Session, query: str, limit: int, path_prefix: str | None
+) -> list[tuple[int, float]]:
+    terms = query_terms(query)
+    if not terms:
+        return []
+    connection = session.connection()
+    params: dict[str, object] = {"limit": limit}
+    prefix_filter = ""
+    if path_prefix:
+        params["prefix"] = like_prefix(path_prefix)
+        prefix_filter = " AND c.path LIKE :prefix ESCAPE '\\'"
+    if connection.dialect.name == "postgresql":
+        params["query"] = " | ".join(terms)
+        statement = (
+            "SELECT c.id, ts_rank_cd(c.text_search, q) AS rank "
+            "FROM index_chunks c, to_tsquery('english', :query) q "
+            f"WHERE c.text_search @@ q{prefix_filter} ORDER BY rank DESC, c.id LIMIT :limit"
+        )
+    else:
+        params["query"] = " OR ".join('"' + term.replace('"', "") + '"' for term in terms)
+        statement = (
+            "SELECT c.id, -bm25(index_chunks_fts) AS rank FROM index_chunks_fts "
+            "JOIN index_chunks c ON c.id = index_chunks_fts.rowid "
+            f"WHERE index_chunks_fts MATCH :query{prefix_filter} "
+            "ORDER BY rank DESC, c.id LIMIT :limit"
+        )
+    rows = connection.execute(text(statement), params).all()
+    return [(int(row[0]), float(row[1])) for row in rows]
+
+
+def _fuse(
+    vector_hits: list[VectorHit], text_hits: list[tuple[int, float]]
+) -> list[tuple[int, float]]:
+    """Combine two rankings by reciprocal rank; return (chunk id, score), best first."""
+    scores: dict[int, float] = {}
+    for rank, hit in enumerate(vector_hits, start=1):
+        scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    for rank, (chunk_id, _) in enumerate(text_hits, start=1):
+        scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
