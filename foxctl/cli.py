@@ -526,9 +526,7 @@ def send(session: str, text: str, wait: bool, timeout: float) -> None:
 @main.command()
 @click.option("--full", is_flag=True, help="Re-chunk and re-embed every file, not only changes.")
 @click.option("--watch", is_flag=True, help="Follow the job with a progress bar until it ends.")
-@click.option(
-    "--timeout", type=float, default=3600.0, show_default=True, help="Seconds to follow."
-)
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to follow.")
 @one_line_errors
 def index(full: bool, watch: bool, timeout: float) -> None:
     """Enqueue an index of the workspace through the API; print the job id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -42,7 +43,7 @@ def follow_index(client: ApiClient, job_id: str, *, timeout_s: float) -> None:
         click.echo(f"last embedding error: {status['last_error']}", err=True)
 
 
-def _wait_for_job(client: ApiClient, job_id: str, deadline: float) -> dict[str, object]:
+def _wait_for_job(client: ApiClient, job_id: str, deadline: float) -> dict[str, Any]:
     while True:
         job = client.get_job(job_id)
         if job is not None and job["status"] == "failed":

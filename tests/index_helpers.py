@@ -18,7 +18,7 @@ from shared.retrieval.service import (
 def python_function(name: str, topic: str, lines: int = 34) -> str:
     """Return a function long enough to be a chunk of its own."""
     body = "".join(f"    step_{i} = '{topic} {i}'\n" for i in range(lines))
-    return f"def {name}():\n    \"\"\"Handle {topic}.\"\"\"\n{body}    return None\n"
+    return f'def {name}():\n    """Handle {topic}."""\n{body}    return None\n'
 
 
 def write_tree(root: Path, files: dict[str, str]) -> None:

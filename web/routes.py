@@ -344,8 +344,11 @@ ROUTES: tuple[Route, ...] = (
                     Param("q", "the text to search for"),
                     Param("limit", "results, 1 to 100", {"type": "integer", "default": 10}),
                     Param("path_prefix", "only files whose path starts with this"),
-                    Param("rerank", "rerank the candidates (default: when configured)",
-                          {"type": "boolean"}),
+                    Param(
+                        "rerank",
+                        "rerank the candidates (default: when configured)",
+                        {"type": "boolean"},
+                    ),
                 ),
                 errors=(503,),
             ),

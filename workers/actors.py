@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared.queues import EMBED_CHUNKS, INDEX_WORKSPACE, RUN_JOB, RUN_SESSION
 from shared.errors import UnavailableError
+from shared.queues import EMBED_CHUNKS, INDEX_WORKSPACE, RUN_JOB, RUN_SESSION
 from shared.retrieval.errors import EmbeddingUnavailableError
 from workers import runtime
 from workers.broker_setup import broker

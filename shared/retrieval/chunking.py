@@ -64,9 +64,8 @@ def _first_line(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> 
     return min(lines) - 1
 
 
-def _length(node: ast.AST) -> int:
-    end = getattr(node, "end_lineno", None) or getattr(node, "lineno", 0)
-    return int(end) - int(getattr(node, "lineno", 0)) + 1
+def _length(node: ast.ClassDef) -> int:
+    return (node.end_lineno or node.lineno) - node.lineno + 1
 
 
 def _paragraph_boundaries(lines: list[str]) -> list[int]:
@@ -79,9 +78,7 @@ def _paragraph_boundaries(lines: list[str]) -> list[int]:
 
 def _pack(lines: list[str], starts: list[int]) -> list[ChunkDraft]:
     """Merge pieces [start, next start) into chunks, splitting pieces that are too long."""
-    pieces = [
-        (start, end) for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)
-    ]
+    pieces = [(start, end) for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)]
     chunks: list[ChunkDraft] = []
     current: tuple[int, int] | None = None
     for start, end in _split_long(pieces, lines):

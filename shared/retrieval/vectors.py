@@ -86,9 +86,7 @@ def ensure_hnsw_index(session: Session, dimension: int) -> None:
     )
 
 
-def store_vectors(
-    session: Session, model: str, rows: list[tuple[int, str, list[float]]]
-) -> int:
+def store_vectors(session: Session, model: str, rows: list[tuple[int, str, list[float]]]) -> int:
     """Write vectors for (chunk id, content hash, vector) rows; return rows written.
 
     A row whose chunk was deleted or whose content changed since it was read is left

@@ -58,10 +58,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("model", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
         sa.Column("dimension", sa.Integer(), nullable=True),
-        sa.Column("last_run_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
-        sa.Column(
-            "last_indexed_at", shared.timestamps.UtcDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("last_indexed_at", shared.timestamps.UtcDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
