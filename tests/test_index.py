@@ -457,3 +457,25 @@ def test_rerank_false_skips_reranker(
 
     assert not results.reranked
     assert fake_embeddings.rerank_queries == []
+
+
+def test_context_injection_waits_for_complete_index(
+    database: Database, tree: Path, fake_embeddings: FakeEmbeddingServer, sleeps: list[float]
+) -> None:
+    from workers.context import IndexedSearch, LexicalSearch
+
+    embedder = make_embedder(fake_embeddings, sleeps)
+    pipeline = Pipeline(database, tree, embedder)
+    injection = IndexedSearch(SearchService(database, embedder), LexicalSearch(tree))
+    pipeline.index()
+
+    while_pending = injection.search("record storage", limit=1)
+    pipeline.embed_all()
+    complete = injection.search("record storage", limit=1)
+
+    # Lexical scores are sums of term weights (above 1); fused index scores are below
+    # 2 / 61, the best reciprocal rank in two lists.
+    assert while_pending[0].path == "pkg/store.py"
+    assert while_pending[0].score > 1
+    assert complete[0].path == "pkg/store.py"
+    assert complete[0].score < 2 / 61 + 1e-9

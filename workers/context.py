@@ -187,7 +187,11 @@ class LexicalSearch:
 
 
 class IndexedSearch:
-    """Search the workspace index; use ``fallback`` while the index has no hits."""
+    """Search the workspace index; use ``fallback`` until the index is complete or on no hits.
+
+    A half-embedded index ranks the embedded chunks above the rest, so injection waits
+    for the embedding backlog to drain.
+    """
 
     def __init__(self, search: SearchService, fallback: LexicalSearch) -> None:
         self._search = search
@@ -195,6 +199,8 @@ class IndexedSearch:
 
     def search(self, query: str, *, limit: int = 3) -> list[Snippet]:
         try:
+            if not self._search.is_complete():
+                return self._fallback.search(query, limit=limit)
             results = self._search.search(query[:2000], SearchOptions(limit=limit))
         except FoxctlError as error:
             log.warning("index search failed; using the lexical search", error=error.message)

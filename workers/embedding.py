@@ -37,6 +37,10 @@ class IndexWorker:
         self._slots = threading.BoundedSemaphore(settings.embedding_concurrency)
 
     @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    @property
     def enabled(self) -> bool:
         return not isinstance(self._embedder, DisabledEmbedder)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
+from numpy.typing import NDArray
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
@@ -108,6 +109,7 @@ class SearchService:
         self._rerank_candidates = rerank_candidates
         self._rerank_weight = rerank_weight
         self._exact = ExactVectorSearch()
+        self._mode: str | None = None
 
     def search(self, query: str, options: SearchOptions | None = None) -> SearchResults:
         """Return the best chunks for ``query``. Raises InvalidQueryError on bad input."""
@@ -116,8 +118,11 @@ class SearchService:
         want_rerank = self._reranker is not None and options.rerank is not False
         pool = max(options.limit, self._rerank_candidates if want_rerank else 0) * 2
 
-        vector_hits, mode = self._vector_hits(query, pool, options.path_prefix)
+        vector, model, mode = self._query_vector(query)
+        vector_hits: list[VectorHit] = []
         with self._db.read() as session:
+            if vector is not None and model is not None:
+                vector_hits = self._nearest(session, vector, model, mode, pool, options)
             text_hits = _text_hits(session, query, pool, options.path_prefix)
         fused = _fuse(vector_hits, text_hits)
         if mode == "off":
@@ -131,37 +136,60 @@ class SearchService:
         items = self._hits(fused, options.limit)
         return SearchResults(query=query, items=items, mode=mode, reranked=reranked)
 
-    def _vector_hits(
-        self, query: str, limit: int, path_prefix: str | None
-    ) -> tuple[list[VectorHit], str]:
+    def is_complete(self) -> bool:
+        """Tell whether the index has chunks and, with an embedder, none left to embed."""
+        with self._db.read() as session:
+            any_chunk = session.exec(select(Chunk.id).limit(1)).first()
+            if any_chunk is None:
+                return False
+            if isinstance(self._embedder, DisabledEmbedder):
+                return True
+            pending = session.exec(
+                select(Chunk.id).where(col(Chunk.model).is_(None)).limit(1)
+            ).first()
+        return pending is None
+
+    def _query_vector(self, query: str) -> tuple[NDArray[np.float32] | None, str | None, str]:
+        """Embed the query; return (unit vector, model, vector mode), or None and ``off``."""
         if isinstance(self._embedder, DisabledEmbedder):
-            return [], "off"
+            return None, None, "off"
         with self._db.read() as session:
             space = session.get(EmbeddingSpace, 1)
-            mode = check_vector_support(session.connection(), required=self._require_vector)
+            mode = self._vector_mode(session)
         if space is None or space.model != self._embedder.key or space.dimension is None:
-            return [], "off"
+            return None, None, "off"
         try:
             vector = self._embedder.embed([embedding_input("", query)])[0]
         except (EmbeddingError, EmbeddingUnavailableError) as error:
             log.warning("query embedding failed; searching full text only", error=str(error))
-            return [], "off"
+            return None, None, "off"
         array = np.asarray(vector, dtype=np.float32)
         array /= max(float(np.linalg.norm(array)), 1e-12)
         if len(array) != space.dimension:
             log.warning("query vector has the wrong dimension", dimension=len(array))
-            return [], "off"
+            return None, None, "off"
+        return array, space.model, mode
 
-        with self._db.read() as session:
-            if mode == "hnsw":
-                hits = search_hnsw(
-                    session, array, model=space.model, limit=limit, path_prefix=path_prefix
-                )
-            else:
-                hits = self._exact.search(
-                    session, array, model=space.model, limit=limit, path_prefix=path_prefix
-                )
-        return hits, mode
+    def _vector_mode(self, session: Session) -> str:
+        # The vector column only appears through a migration, so a process checks once;
+        # a required but missing pgvector raises on every search until it appears.
+        if self._mode is None:
+            self._mode = check_vector_support(session.connection(), required=self._require_vector)
+        return self._mode
+
+    def _nearest(
+        self,
+        session: Session,
+        vector: NDArray[np.float32],
+        model: str,
+        mode: str,
+        limit: int,
+        options: SearchOptions,
+    ) -> list[VectorHit]:
+        prefix = options.path_prefix
+        if mode == "hnsw":
+            return search_hnsw(session, vector, model=model, limit=limit, path_prefix=prefix)
+        return self._exact.search(session, vector, model=model, limit=limit, path_prefix=prefix)
 
     def _rerank(
         self, query: str, fused: list[tuple[int, float]]
