@@ -1,8 +1,8 @@
 """Split a file into chunks that keep their line numbers.
 
-Python files split at top-level functions and classes (and at methods inside a class
-too long for one chunk); Markdown and text files at blank lines between paragraphs;
-anything else into fixed windows of lines. Small neighbouring pieces are merged up to
+Python files split at top-level functions and classes, and at the methods of a class
+too long for one chunk. Markdown and text files split at blank lines between
+paragraphs, and anything else into fixed windows of lines. Small neighbouring pieces are merged up to
 ``MAX_CHUNK_LINES`` and ``MAX_CHUNK_CHARS``.
 """
 
@@ -12,8 +12,8 @@ import ast
 from dataclasses import dataclass
 
 MAX_CHUNK_LINES = 60
-#: About 400 word pieces: all-MiniLM-L6-v2 reads at most 256, so longer chunks are
-#: embedded from their start only, while full-text search sees the whole chunk.
+#: Roughly 400 word pieces (an estimate for code). all-MiniLM-L6-v2 reads at most 256,
+#: so it embeds the start of a long chunk only, while full-text search indexes all of it.
 MAX_CHUNK_CHARS = 1800
 TEXT_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
 
