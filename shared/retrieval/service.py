@@ -275,7 +275,8 @@ def embed_chunks(db: Database, embedder: Embedder, chunk_ids: list[int]) -> Embe
     report.dimension = _check_dimension(space, rows)
 
     with db.write() as session:
-        current = _space(session)
+        # The row lock orders concurrent first batches, so one creates the HNSW index.
+        current = _space(session, lock=True)
         if current.model != embedder.key:
             # The index switched models while this batch was being embedded.
             report.skipped += len(rows)
@@ -349,8 +350,8 @@ def index_status(db: Database, *, require_vector: bool = False) -> IndexStatus:
     )
 
 
-def _space(session: Session) -> EmbeddingSpace:
-    space = session.get(EmbeddingSpace, 1)
+def _space(session: Session, *, lock: bool = False) -> EmbeddingSpace:
+    space = session.get(EmbeddingSpace, 1, with_for_update=lock)
     if space is None:
         space = EmbeddingSpace(id=1)
         session.add(space)
