@@ -33,7 +33,7 @@ from sqlalchemy import text
 from bench.stats import print_table, summarize_ms
 from shared.db import Database, make_engine
 from shared.migrate import upgrade
-from shared.retrieval.search import SearchOptions, SearchService
+from shared.retrieval.search import SearchOptions, SearchService, _text_hits
 from shared.retrieval.service import chunk_sha256, index_workspace
 from shared.retrieval.vectors import ensure_hnsw_index
 from shared.settings import Settings, load_settings
@@ -130,21 +130,38 @@ def run_latency(args: argparse.Namespace) -> None:
                     session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
                     ensure_hnsw_index(session, DIMENSION)
             indexed_s = time.perf_counter() - started
+            mode = "hnsw" if kind == "pgvector" else "exact"
             service = SearchService(db, RandomEmbedder(seed=2))
             pick = random.Random(3)
             service.search("w1 w2", SearchOptions(limit=10))  # loads the exact-search cache
-            durations = []
-            for _ in range(args.queries):
-                query = " ".join(pick.choices([f"w{i}" for i in range(5000)], k=3))
+            queries = [
+                " ".join(pick.choices([f"w{i}" for i in range(5000)], k=3))
+                for _ in range(args.queries)
+            ]
+            vectors = RandomEmbedder(seed=4).embed(queries)
+            nearest, words, hybrid = [], [], []
+            for query, vector in zip(queries, vectors, strict=True):
+                unit = np.asarray(vector, dtype=np.float32)
+                unit /= np.linalg.norm(unit)
+                begin = time.perf_counter()
+                with db.read() as session:
+                    service._nearest(session, unit, "bench:random", mode, 20, SearchOptions())
+                nearest.append(time.perf_counter() - begin)
+                begin = time.perf_counter()
+                with db.read() as session:
+                    _text_hits(session, query, 20, None)
+                words.append(time.perf_counter() - begin)
                 begin = time.perf_counter()
                 results = service.search(query, SearchOptions(limit=10))
-                durations.append(time.perf_counter() - begin)
+                hybrid.append(time.perf_counter() - begin)
             print_table(
                 f"search latency, {kind}, {args.chunks} chunks, mode {results.mode}",
                 [
                     ("insert", f"{filled_s:.1f} s"),
                     ("vector index build", f"{indexed_s:.1f} s"),
-                    ("search (limit 10)", summarize_ms(durations)),
+                    ("vector search (top 20)", summarize_ms(nearest)),
+                    ("full-text search (top 20)", summarize_ms(words)),
+                    ("hybrid search (limit 10)", summarize_ms(hybrid)),
                 ],
             )
         shutil.rmtree(workdir, ignore_errors=True)
