@@ -232,3 +232,17 @@ def test_without_pgvector_search_is_exact(postgres_dsn: str, sqlite_env: dict[st
 
     assert mode == "unchecked"
     assert required.postgres_require_vector
+
+
+def test_search_cli_reports_unreachable_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from foxctl.cli import main
+
+    monkeypatch.setenv("FOXCTL_API_URL", "http://127.0.0.1:9")
+
+    result = CliRunner().invoke(main, ["search", "retry backoff"])
+
+    assert result.exit_code == 1
+    assert result.output.startswith("foxctl: error: request to the foxctl API failed")
+    assert len(result.output.strip().splitlines()) == 1
