@@ -167,9 +167,12 @@ def like_prefix(prefix: str) -> str:
 class ExactVectorSearch:
     """Exact cosine search over every vector of one model, held in memory.
 
-    The matrix is reloaded when the number of embedded chunks or their largest id
-    changes, which every index write does (rows are deleted and reinserted, never
-    updated in place with a new vector, except by a model change that empties them).
+    The matrix is reloaded when the count or the largest id of the model's chunks
+    changes. Both come from the index on ``model`` alone, so the check stays cheap at
+    100,000 chunks.
+
+    NOTE: deleting one embedded chunk while an older pending chunk gets its vector keeps
+    both numbers equal, so that chunk stays out of vector results until the next change.
     """
 
     def __init__(self) -> None:
@@ -205,11 +208,8 @@ class ExactVectorSearch:
     ) -> tuple[NDArray[np.int64], list[str], NDArray[np.float32]]:
         connection = session.connection()
         stamp = connection.execute(
-            text(
-                "SELECT count(*), max(id), sum(id) FROM index_chunks "
-                "WHERE model = :model AND dimension = :dimension"
-            ),
-            {"model": model, "dimension": dimension},
+            text("SELECT count(*), max(id) FROM index_chunks WHERE model = :model"),
+            {"model": model},
         ).one()
         key = (model, dimension, *stamp)
         with self._lock:
