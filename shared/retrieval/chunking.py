@@ -2,8 +2,8 @@
 
 Python files split at top-level functions and classes, and at the methods of a class
 too long for one chunk. Markdown and text files split at blank lines between
-paragraphs, and anything else into fixed windows of lines. Small neighbouring pieces are merged up to
-``MAX_CHUNK_LINES`` and ``MAX_CHUNK_CHARS``.
+paragraphs, and anything else into fixed windows of lines. Small neighbouring pieces
+are merged up to ``MAX_CHUNK_LINES`` and ``MAX_CHUNK_CHARS``.
 """
 
 from __future__ import annotations
