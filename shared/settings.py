@@ -142,6 +142,35 @@ class Settings(BaseSettings):
     scheduler_misfire_grace_s: int = Field(default=300, ge=0)
     scheduler_lease_ttl_s: float = Field(default=15.0, gt=0)
 
+    # Workspace index and search. Embedding providers: openai_compat (POST
+    # {base}/embeddings) or local (all-MiniLM-L6-v2 from the `local` extra); none turns
+    # the vector side off, leaving full-text search.
+    embedding_provider: Literal["openai_compat", "local", "none"] = "none"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_timeout_s: float = Field(default=30.0, gt=0)
+    embedding_max_attempts: int = Field(default=4, ge=1, le=10)
+    # Queue-level retries of a batch after the provider attempts ran out.
+    embedding_max_retries: int = Field(default=10, ge=0, le=100)
+    # Chunks per embedding request, and embedding requests in flight per worker process.
+    embedding_batch_size: int = Field(default=64, ge=1, le=2048)
+    embedding_concurrency: int = Field(default=2, ge=1, le=64)
+    # Files larger than this are not indexed.
+    index_max_file_bytes: int = Field(default=512 * 1024, ge=1024)
+    schedule_reindex: str = "*/10 * * * *"
+    # When true, a PostgreSQL database without the pgvector extension stops startup and
+    # fails /readyz; when false, search falls back to exact search.
+    postgres_require_vector: bool = False
+    rerank_provider: Literal["none", "http"] = "none"
+    rerank_base_url: str | None = None
+    rerank_api_key: SecretStr | None = None
+    rerank_model: str = "rerank"
+    # Candidates sent to the reranker, and the weight of its score in the blend (the
+    # rest is the search score).
+    rerank_candidates: int = Field(default=30, ge=1, le=500)
+    rerank_weight: float = Field(default=0.7, ge=0, le=1)
+
     # Logging.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -301,6 +330,8 @@ _SECRET_FIELDS = {
     "telegram_webhook_secret",
     "discord_bot_token",
     "teams_app_password",
+    "embedding_api_key",
+    "rerank_api_key",
 }
 
 

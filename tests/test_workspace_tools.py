@@ -211,9 +211,9 @@ def test_tool_outside_profile_is_refused(registry: ToolRegistry, root: Path) -> 
 @pytest.mark.parametrize(
     ("role", "profile", "allowlist", "expected"),
     [
-        ("coder", "default", None, ALL),
-        ("reviewer", "default", None, ALL - {"fs_write_file"}),
-        ("coder", "read-only", None, ALL - {"fs_write_file"}),
+        ("coder", "default", None, ALL | {"semantic_search"}),
+        ("reviewer", "default", None, ALL - {"fs_write_file"} | {"semantic_search"}),
+        ("coder", "read-only", None, ALL - {"fs_write_file"} | {"semantic_search"}),
         ("coder", "none", None, frozenset()),
         ("researcher", "default", ["fs_write_file", "code_grep"], frozenset({"code_grep"})),
         ("coder", "none", ["fs_read_file"], frozenset({"fs_read_file"})),

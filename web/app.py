@@ -17,6 +17,7 @@ from shared.db import Database, make_engine
 from shared.events.fanout import make_event_hub, make_publisher
 from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
+from shared.retrieval.vectors import verify_vector_support
 from shared.settings import Settings
 from shared.telemetry import flush_tracing
 from web import errors
@@ -38,6 +39,7 @@ from web.resources.chat import (
 from web.resources.console import ConsoleResource
 from web.resources.events import EventsResource
 from web.resources.health import HealthResource, ReadyResource
+from web.resources.index import IndexResource, SearchResource
 from web.resources.jobs import JobsResource
 from web.resources.live import ConsoleTokenResource, SessionEventsResource
 from web.resources.metrics import MetricsResource
@@ -57,6 +59,9 @@ class Lifespan:
         self._ctx = ctx
 
     async def process_startup(self, scope: Any, event: Any) -> None:
+        settings = self._ctx.settings
+        # Fails startup when FOXCTL_POSTGRES_REQUIRE_VECTOR=true and pgvector is missing.
+        verify_vector_support(self._ctx.db.engine, required=settings.postgres_require_vector)
         await self._ctx.start()
         log.info(
             "web process started",
@@ -159,6 +164,8 @@ def _resources(ctx: WebContext) -> dict[str, object]:
         "turn_cancel": TurnCancelResource(ctx),
         "events": EventsResource(ctx),
         "jobs": JobsResource(ctx),
+        "index": IndexResource(ctx),
+        "search": SearchResource(ctx),
         "artifacts": ArtifactsResource(ctx, store),
         "artifact": ArtifactResource(ctx, store),
         "artifact_pin": ArtifactPinResource(ctx, pinned=True),

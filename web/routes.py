@@ -15,6 +15,7 @@ from shared.agents.models import AgentCreate, AgentOut, AgentUpdate
 from shared.cas.models import ArtifactOut, ArtifactPage
 from shared.events.models import EventOut
 from shared.jobs.models import JobRunOut
+from shared.retrieval.models import IndexAccepted, IndexRequest, IndexStatus, SearchResults
 from shared.sessions.models import (
     MessageAccepted,
     MessageCreate,
@@ -326,6 +327,41 @@ ROUTES: tuple[Route, ...] = (
                 JobRunOut,
                 paged=True,
                 params=(*_PAGE, Param("name", "only runs of this job")),
+            ),
+        },
+    ),
+    Route(
+        "/api/index",
+        "index",
+        {
+            "get": Operation("Report the workspace index: files, chunks, model", 200, IndexStatus),
+            "post": Operation(
+                "Enqueue an incremental (or, with full, a complete) index of the workspace",
+                202,
+                IndexAccepted,
+                request=IndexRequest,
+            ),
+        },
+    ),
+    Route(
+        "/api/search",
+        "search",
+        {
+            "get": Operation(
+                "Search the workspace index by meaning and by words",
+                200,
+                SearchResults,
+                params=(
+                    Param("q", "the text to search for"),
+                    Param("limit", "results, 1 to 100", {"type": "integer", "default": 10}),
+                    Param("path_prefix", "only files whose path starts with this"),
+                    Param(
+                        "rerank",
+                        "rerank the candidates (default: when configured)",
+                        {"type": "boolean"},
+                    ),
+                ),
+                errors=(503,),
             ),
         },
     ),

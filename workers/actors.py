@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared.queues import DELIVER_CHAT_REPLY, RUN_JOB, RUN_SESSION
+from shared.errors import UnavailableError
+from shared.queues import (
+    DELIVER_CHAT_REPLY,
+    EMBED_CHUNKS,
+    INDEX_WORKSPACE,
+    RUN_JOB,
+    RUN_SESSION,
+)
+from shared.retrieval.errors import EmbeddingUnavailableError
 from workers import runtime
 from workers.broker_setup import broker
 from workers.chat_delivery import DeliveryLater
@@ -12,7 +20,14 @@ from workers.maintenance import execute_run
 
 # Dramatiq binds an actor to the global broker when the decorator runs, so the import
 # of broker_setup above must come first. It is imported here only for that effect.
-__all__ = ["broker", "deliver_chat_reply", "run_job", "run_session"]
+__all__ = [
+    "broker",
+    "deliver_chat_reply",
+    "embed_chunks",
+    "index_workspace",
+    "run_job",
+    "run_session",
+]
 
 _settings = runtime.settings()
 
@@ -72,3 +87,49 @@ def deliver_chat_reply(delivery_id: str) -> None:
         runtime.current().chat.deliver(delivery_id)
     except DeliveryLater as later:
         raise dramatiq.Retry(str(later), delay=max(int(later.delay_s * 1000), 1)) from later
+
+
+@dramatiq.actor(
+    queue_name=INDEX_WORKSPACE.queue,
+    actor_name=INDEX_WORKSPACE.name,
+    max_retries=3,
+    min_backoff=5_000,
+    max_backoff=60_000,
+    time_limit=60 * 60 * 1_000,
+)
+def index_workspace(job_run_id: str) -> None:
+    """Run a recorded index job: chunk changed files, then enqueue embedding batches.
+
+    Idempotent: a finished run is not run again, and files whose hash is unchanged
+    are skipped.
+    """
+    execute_run(runtime.current().db, job_run_id)
+
+
+@dramatiq.actor(
+    queue_name=EMBED_CHUNKS.queue,
+    actor_name=EMBED_CHUNKS.name,
+    # A provider that is down or rate-limits us fails after its own short retries; the
+    # queue then retries the batch after the provider's Retry-After or a longer backoff.
+    # Permanent errors (wrong dimension, bad request) are recorded and not retried.
+    max_retries=_settings.embedding_max_retries,
+    min_backoff=2_000,
+    max_backoff=300_000,
+    retry_when=lambda retries, error: (
+        isinstance(error, dramatiq.Retry | UnavailableError)
+        and retries < _settings.embedding_max_retries
+    ),
+    time_limit=10 * 60 * 1_000,
+)
+def embed_chunks(*chunk_ids: str) -> None:
+    """Embed a batch of chunks and store their vectors.
+
+    Idempotent per chunk: chunks that already have a vector of the index's model are
+    skipped.
+    """
+    try:
+        runtime.current().indexer.embed([int(chunk_id) for chunk_id in chunk_ids])
+    except EmbeddingUnavailableError as error:
+        after_s = error.retry_after_s
+        delay_ms = int(after_s * 1000) if after_s is not None else None
+        raise dramatiq.Retry(error.message, delay=delay_ms) from error

@@ -23,7 +23,7 @@ from shared.events.models import EventType
 from shared.metrics import MODEL_SECONDS, observe_model_call
 from shared.sessions.models import AgentSession, Message
 from shared.turns.models import Turn
-from workers.context import LexicalSearch, format_snippets
+from workers.context import IndexedSearch, LexicalSearch, format_snippets
 from workers.llm.base import ChatModel, ModelError, ModelReply, ToolCall
 from workers.llm.think import ThinkFilter, strip_think
 from workers.prompts import estimate_tokens, fit_history, system_prompt
@@ -114,7 +114,7 @@ class AgentLoop:
         db: Database,
         model_for: Callable[[Agent], ChatModel],
         tools: ToolRegistry,
-        search: LexicalSearch | None,
+        search: LexicalSearch | IndexedSearch | None,
         settings: LoopSettings,
         artifacts: ArtifactStore | None = None,
     ) -> None:

@@ -1,8 +1,10 @@
 """Find the workspace files most related to a message, for context injection.
 
-A lexical search: it scores files by how often the message's words and identifiers
-occur in them, weighting rare words higher, and returns the best window of lines from
-each top file. The embedding search replaces it where an index exists.
+``LexicalSearch`` scores files by how often the message's words and identifiers occur
+in them, weighting rare words higher, and returns the best window of lines from each
+top file. ``IndexedSearch`` asks the workspace index (the same search as the
+``semantic_search`` tool and ``GET /api/search``) and falls back to the lexical search
+while the index is empty.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
+from shared.errors import FoxctlError
+from shared.retrieval.search import SearchOptions, SearchService
 from workers.tools.workspace import SKIPPED_DIRS, SNIFF_BYTES
+
+log = structlog.get_logger(__name__)
 
 MAX_FILES = 5000
 MAX_FILE_BYTES = 512 * 1024
@@ -176,6 +184,33 @@ class LexicalSearch:
             text="\n".join(lines[start:end]),
             score=round(score, 3),
         )
+
+
+class IndexedSearch:
+    """Search the workspace index; use ``fallback`` until the index is complete or on no hits.
+
+    A half-embedded index ranks the embedded chunks above the rest, so injection waits
+    for the embedding backlog to drain.
+    """
+
+    def __init__(self, search: SearchService, fallback: LexicalSearch) -> None:
+        self._search = search
+        self._fallback = fallback
+
+    def search(self, query: str, *, limit: int = 3) -> list[Snippet]:
+        try:
+            if not self._search.is_complete():
+                return self._fallback.search(query, limit=limit)
+            results = self._search.search(query[:2000], SearchOptions(limit=limit))
+        except FoxctlError as error:
+            log.warning("index search failed; using the lexical search", error=error.message)
+            return self._fallback.search(query, limit=limit)
+        if not results.items:
+            return self._fallback.search(query, limit=limit)
+        return [
+            Snippet(hit.path, hit.start_line, hit.end_line, hit.snippet, hit.score)
+            for hit in results.items
+        ]
 
 
 def _score(counts: dict[Path, Counter[str]], terms: list[str]) -> dict[Path, float]:

@@ -58,10 +58,17 @@ def run_cas_gc(db: Database, params: dict[str, Any], now: float) -> dict[str, An
     return report.as_dict()
 
 
+def run_index_workspace(db: Database, params: dict[str, Any], now: float) -> dict[str, Any]:
+    from workers import runtime
+
+    return runtime.current().indexer.index(params).as_dict()
+
+
 JOB_FUNCTIONS: dict[str, JobFunction] = {
     "cas_gc": run_cas_gc,
     "cleanup_sessions": run_cleanup_sessions,
     "reap_turns": run_reap_turns,
+    "index_workspace": run_index_workspace,
 }
 
 

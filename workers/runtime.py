@@ -22,17 +22,23 @@ from shared.events.fanout import make_publisher
 from shared.events.live import EventPublisher
 from shared.heartbeat import HeartbeatWriter
 from shared.queues import Enqueuer
+from shared.retrieval.embedders import Embedder, make_embedder
+from shared.retrieval.rerank import make_reranker
+from shared.retrieval.search import SearchService
+from shared.retrieval.vectors import verify_vector_support
 from shared.settings import Settings, SettingsError, load_settings
 from shared.turns.lease import SqlTurnLock
 from workers.agent_loop import AgentLoop, LoopSettings
 from workers.chat_delivery import ChatDeliverer, DeliverySettings, feed_factory
-from workers.context import LexicalSearch
+from workers.context import IndexedSearch, LexicalSearch
+from workers.embedding import IndexWorker
 from workers.llm.anthropic import AnthropicChatModel
 from workers.llm.base import ChatModel, ModelError, ModelReply
 from workers.llm.local import LocalChatModel
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.reconciler import Reconciler
 from workers.tools import ToolRegistry
+from workers.tools.search import SemanticSearchTool
 from workers.tools.workspace import workspace_tools
 from workers.turn_runner import TurnRunner
 
@@ -46,6 +52,8 @@ class WorkerRuntime:
     stopping: threading.Event
     heartbeat: HeartbeatWriter
     chat: ChatDeliverer
+    indexer: IndexWorker
+    search: SearchService
 
 
 class UnconfiguredModel:
@@ -125,15 +133,18 @@ def build_runtime(
     settings: Settings, broker: Broker, publisher: EventPublisher | None = None
 ) -> WorkerRuntime:
     db = Database(make_engine(settings))
+    verify_vector_support(db.engine, required=settings.postgres_require_vector)
     enqueuer = Enqueuer(broker)
     stopping = threading.Event()
     lock = SqlTurnLock(db, ttl_s=settings.lease_ttl_s)
     publisher = publisher or make_publisher(settings)
+    embedder = make_embedder(settings)
+    search = make_search_service(settings, db, embedder)
     loop = AgentLoop(
         db,
         ModelFactory(settings),
-        ToolRegistry(workspace_tools(settings.workspace)),
-        LexicalSearch(settings.workspace),
+        ToolRegistry([*workspace_tools(settings.workspace), SemanticSearchTool(search)]),
+        IndexedSearch(search, LexicalSearch(settings.workspace)),
         LoopSettings(
             context_tokens=settings.context_tokens,
             delta_interval_s=settings.delta_interval_ms / 1000,
@@ -152,6 +163,7 @@ def build_runtime(
     )
     reconciler = Reconciler(db, enqueuer, interval_s=settings.reconcile_interval_s)
     heartbeat = HeartbeatWriter(settings.run_dir, "worker")
+    indexer = IndexWorker(settings, db, embedder, enqueuer)
     return WorkerRuntime(
         settings,
         db,
@@ -160,6 +172,8 @@ def build_runtime(
         stopping,
         heartbeat,
         build_chat(settings, db, publisher, stopping),
+        indexer,
+        search,
     )
 
 
@@ -176,6 +190,17 @@ def build_chat(
             follow_s=float(settings.turn_time_limit_s),
         ),
         stopping=stopping,
+    )
+
+
+def make_search_service(settings: Settings, db: Database, embedder: Embedder) -> SearchService:
+    return SearchService(
+        db,
+        embedder,
+        make_reranker(settings),
+        require_vector=settings.postgres_require_vector,
+        rerank_candidates=settings.rerank_candidates,
+        rerank_weight=settings.rerank_weight,
     )
 
 

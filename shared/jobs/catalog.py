@@ -10,14 +10,17 @@ from shared.durations import parse_duration
 from shared.errors import InvalidInputError
 from shared.jobs.models import JobRun
 from shared.jobs.service import start_run
-from shared.queues import RUN_JOB, Enqueuer
+from shared.queues import INDEX_WORKSPACE, RUN_JOB, ActorRef, Enqueuer
 
 #: Job name -> the parameters it accepts.
 JOBS: dict[str, tuple[str, ...]] = {
     "cas_gc": ("older_than", "dry_run", "max_delete"),
     "cleanup_sessions": ("older_than", "statuses", "dry_run"),
     "reap_turns": ("stale_after",),
+    "index_workspace": ("full",),
 }
+#: Jobs that run on another queue than maintenance, with their actor.
+JOB_ACTORS: dict[str, ActorRef] = {"index_workspace": INDEX_WORKSPACE}
 
 
 def record_job(db: Session, name: str, params: dict[str, Any], origin: str) -> JobRun:
@@ -37,4 +40,4 @@ def record_job(db: Session, name: str, params: dict[str, Any], origin: str) -> J
 
 
 def enqueue_job(enqueuer: Enqueuer, run: JobRun) -> None:
-    enqueuer.send(RUN_JOB, run.id)
+    enqueuer.send(JOB_ACTORS.get(run.name, RUN_JOB), run.id)

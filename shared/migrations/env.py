@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import text
 
@@ -12,6 +14,22 @@ from shared.schema import metadata
 
 # A fixed key for PostgreSQL's advisory lock; any value works if nothing else uses it.
 MIGRATION_LOCK_KEY = 0x666F78_6D6967  # "fox" "mig"
+
+
+#: Schema objects that migrations create with raw SQL and the models do not describe:
+#: full-text columns and tables, the pgvector column and its per-dimension indexes.
+UNMODELLED_PREFIXES = (
+    "text_search",
+    "embedding_vector",
+    "ix_index_chunks_text_search",
+    "ix_index_chunks_hnsw_",
+    "index_chunks_fts",
+)
+
+
+def include_object(obj: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:
+    """Leave the unmodelled objects above out of autogenerate comparisons."""
+    return not (reflected and compare_to is None and (name or "").startswith(UNMODELLED_PREFIXES))
 
 
 def run_migrations_online() -> None:
@@ -22,6 +40,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=metadata,
             render_as_batch=is_sqlite,
+            include_object=include_object,
             transaction_per_migration=False,
         )
         with context.begin_transaction():

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from shared.broker import check_broker
 from shared.migrate import current_revision, head_revision
+from shared.retrieval.vectors import verify_vector_support
 from web.context import WebContext
 
 CHECK_TIMEOUT_S = 2.0
@@ -31,6 +32,8 @@ class ReadyResource:
         checks["draining"] = "failed: draining" if self._ctx.drain.draining else "ok"
         checks["database"] = await self._check(self._check_database)
         checks["broker"] = await self._check(lambda: check_broker(self._ctx.broker))
+        if self._ctx.settings.postgres_require_vector:
+            checks["vector"] = await self._check(self._check_vector)
 
         ready = all(value == "ok" for value in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
@@ -44,6 +47,9 @@ class ReadyResource:
             raise RuntimeError(
                 f"schema at revision {current}, expected {self._head}; run `foxctl migrate`"
             )
+
+    def _check_vector(self) -> None:
+        verify_vector_support(self._ctx.db.engine, required=True)
 
     async def _check(self, check: Any) -> str:
         try:

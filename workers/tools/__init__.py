@@ -16,7 +16,7 @@ from workers.llm.base import ToolCall
 #: Maximum tool output sent to the model; longer output is cut and marked.
 MAX_OUTPUT_BYTES = 64 * 1024
 
-READ_TOOLS = frozenset({"fs_list_dir", "fs_read_file", "code_grep"})
+READ_TOOLS = frozenset({"fs_list_dir", "fs_read_file", "code_grep", "semantic_search"})
 WRITE_TOOLS = frozenset({"fs_write_file"})
 WRITER_ROLES = frozenset({"coder"})
 

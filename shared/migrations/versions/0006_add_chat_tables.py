@@ -1,7 +1,7 @@
 """add chat conversations, updates and deliveries
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 
 """
 
@@ -15,7 +15,7 @@ import shared.timestamps
 
 # revision identifiers, used by Alembic.
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

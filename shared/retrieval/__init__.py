@@ -1,0 +1,1 @@
+"""Workspace index and search: chunks, embeddings, vector and full-text search."""
