@@ -130,6 +130,11 @@ class LocalChatModel:
 
         with loaded.lock:
             prompt_tokens = self._tokenize_prompt(loaded, _plain_messages(messages))
+            # Evaluate every prompt from the start. llama-cpp-python otherwise reuses the
+            # cached prefix of the previous call, and its logits can differ slightly from
+            # a fresh evaluation; greedy decoding of a small model then takes another
+            # path, and the same question gets another answer.
+            loaded.llama.reset()
             if on_delta is None:
                 return self._generate(loaded.llama, prompt_tokens)
             return self._generate_streaming(loaded.llama, prompt_tokens, on_delta)
