@@ -1,0 +1,92 @@
+"""`foxctl worker --queues embeddings` as its own process, on Redis and each database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.broker import make_broker
+from shared.db import Database, make_engine
+from shared.jobs.catalog import record_job
+from shared.queues import INDEX_WORKSPACE, Enqueuer
+from shared.retrieval.models import IndexStatus
+from shared.retrieval.service import index_status
+from shared.settings import load_settings
+from tests.fakes.embedding_server import FakeEmbeddingServer
+from tests.index_helpers import python_function, write_tree
+from tests.processes import Process, run_cli, wait_for_log
+
+
+@pytest.fixture
+def fake_embeddings() -> Iterator[FakeEmbeddingServer]:
+    server = FakeEmbeddingServer(dimension=64).start()
+    yield server
+    server.stop()
+
+
+def wait_for_embedded(db: Database, worker: Process, timeout_s: float = 90) -> IndexStatus:
+    deadline = time.monotonic() + timeout_s
+    status = index_status(db)
+    while time.monotonic() < deadline:
+        status = index_status(db)
+        if status.chunks and status.pending == 0 and status.embedded == status.chunks:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"index not embedded in {timeout_s} s: {status}\n{worker.output()}")
+
+
+def test_embedding_worker_process_indexes_and_stops_cleanly(
+    db_env: dict[str, str],
+    redis_url: str,
+    fake_embeddings: FakeEmbeddingServer,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "workspace"
+    write_tree(
+        root,
+        {
+            "pkg/store.py": python_function("save_record", "record storage"),
+            "pkg/retry.py": python_function("schedule_retry", "retry backoff"),
+            "README.md": "# Demo\n\nA demo workspace.\n",
+        },
+    )
+    env = {
+        **db_env,
+        "FOXCTL_BROKER_URL": redis_url,
+        "FOXCTL_WORKSPACE": str(root),
+        "FOXCTL_EMBEDDING_PROVIDER": "openai_compat",
+        "FOXCTL_EMBEDDING_BASE_URL": fake_embeddings.base_url,
+        "FOXCTL_EMBEDDING_MODEL": "fake-a",
+        "FOXCTL_EMBEDDING_BATCH_SIZE": "2",
+        "FOXCTL_WORKER_SHUTDOWN_TIMEOUT_S": "10",
+    }
+    migrated = run_cli(["migrate"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    worker = Process(
+        "embedding-worker", ["worker", "--queues", "embeddings", "--threads", "2"], env, tmp_path
+    )
+    settings = load_settings(env)
+    db = Database(make_engine(settings))
+    broker = make_broker(settings)
+    try:
+        wait_for_log(worker, "worker started")
+        with db.write() as session:
+            run_id = record_job(session, "index_workspace", {"full": False}, origin="test").id
+        Enqueuer(broker).send(INDEX_WORKSPACE, run_id)
+
+        status = wait_for_embedded(db, worker)
+    finally:
+        code = worker.terminate()
+        broker.close()
+        db.dispose()
+
+    assert status.files == 3
+    assert status.chunks == 3
+    assert status.model == "openai_compat:fake-a"
+    assert status.last_run_status == "succeeded"
+    # Three chunks in batches of two: two provider requests, none repeated.
+    assert len(fake_embeddings.requests) == 2
+    assert code == 0, worker.output()
