@@ -38,12 +38,9 @@ def wait_for_embedded(db: Database, worker: Process, timeout_s: float = 90) -> I
     raise AssertionError(f"index not embedded in {timeout_s} s: {status}\n{worker.output()}")
 
 
-def test_embedding_worker_process_indexes_and_stops_cleanly(
-    db_env: dict[str, str],
-    redis_url: str,
-    fake_embeddings: FakeEmbeddingServer,
-    tmp_path: Path,
-) -> None:
+def workspace_env(
+    db_env: dict[str, str], redis_url: str, fake: FakeEmbeddingServer, tmp_path: Path
+) -> dict[str, str]:
     root = tmp_path / "workspace"
     write_tree(
         root,
@@ -58,13 +55,18 @@ def test_embedding_worker_process_indexes_and_stops_cleanly(
         "FOXCTL_BROKER_URL": redis_url,
         "FOXCTL_WORKSPACE": str(root),
         "FOXCTL_EMBEDDING_PROVIDER": "openai_compat",
-        "FOXCTL_EMBEDDING_BASE_URL": fake_embeddings.base_url,
+        "FOXCTL_EMBEDDING_BASE_URL": fake.base_url,
         "FOXCTL_EMBEDDING_MODEL": "fake-a",
         "FOXCTL_EMBEDDING_BATCH_SIZE": "2",
         "FOXCTL_WORKER_SHUTDOWN_TIMEOUT_S": "10",
     }
     migrated = run_cli(["migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
+    return env
+
+
+def index_with_worker_process(env: dict[str, str], tmp_path: Path) -> tuple[IndexStatus, str]:
+    """Start an embedding worker, enqueue an index job, wait for every chunk; stop it."""
     worker = Process(
         "embedding-worker", ["worker", "--queues", "embeddings", "--threads", "2"], env, tmp_path
     )
@@ -82,6 +84,19 @@ def test_embedding_worker_process_indexes_and_stops_cleanly(
         code = worker.terminate()
         broker.close()
         db.dispose()
+    assert code == 0, worker.output()
+    return status, worker.output()
+
+
+def test_embedding_worker_process_indexes_and_stops_cleanly(
+    db_env: dict[str, str],
+    redis_url: str,
+    fake_embeddings: FakeEmbeddingServer,
+    tmp_path: Path,
+) -> None:
+    env = workspace_env(db_env, redis_url, fake_embeddings, tmp_path)
+
+    status, _ = index_with_worker_process(env, tmp_path)
 
     assert status.files == 3
     assert status.chunks == 3
@@ -89,4 +104,29 @@ def test_embedding_worker_process_indexes_and_stops_cleanly(
     assert status.last_run_status == "succeeded"
     # Three chunks in batches of two: two provider requests, none repeated.
     assert len(fake_embeddings.requests) == 2
-    assert code == 0, worker.output()
+
+
+def test_rate_limited_batch_is_retried_by_the_queue(
+    db_env: dict[str, str],
+    redis_url: str,
+    fake_embeddings: FakeEmbeddingServer,
+    tmp_path: Path,
+) -> None:
+    # One attempt per actor call, so the 429 reaches the queue, which retries the batch
+    # after the provider's Retry-After.
+    env = {
+        **workspace_env(db_env, redis_url, fake_embeddings, tmp_path),
+        "FOXCTL_EMBEDDING_MAX_ATTEMPTS": "1",
+    }
+    fake_embeddings.failures.append((429, {"Retry-After": "2"}))
+    started = time.monotonic()
+
+    status, output = index_with_worker_process(env, tmp_path)
+
+    assert "Retrying message" in output
+    assert status.embedded == 3
+    assert len(fake_embeddings.requests) == 3
+    # Each chunk was embedded once: the refused batch was sent again, nothing else.
+    assert len(fake_embeddings.inputs) == 3
+    assert len(set(fake_embeddings.inputs)) == 3
+    assert time.monotonic() - started >= 2
