@@ -124,9 +124,7 @@ def wait_for_status(page: Any, status: str) -> None:
     last_agent_entry(page).locator(f'.state[data-status="{status}"]').wait_for()
 
 
-def test_console_streams_a_reply_runs_tools_cancels_and_resumes(
-    server: Server, page: Any, tmp_path: Path
-) -> None:
+def test_console_full_conversation(server: Server, page: Any, tmp_path: Path) -> None:
     page.goto(server.url + "/")
 
     # The page is usable with assistive technology: every control has a label, and
@@ -182,14 +180,14 @@ def test_console_streams_a_reply_runs_tools_cancels_and_resumes(
     assert "A tiny workspace for the console test." in tool.inner_text()
     assert last_agent_entry(page).locator(".text").inner_text().startswith("tool said:")
 
-    # Cancel a running turn: the model answers late, and the answer is dropped.
+    # Cancel a running turn: the model replies late, and the reply is dropped.
     ask(page, "sleep:3 a slow question")
     wait_for_status(page, "running")
     page.click("#cancel")
     wait_for_status(page, "cancelled")
     assert page.is_disabled("#cancel")
 
-    # The server restarts: the page says it is reconnecting, then resumes where it was.
+    # The server restarts: the page shows it is reconnecting, then resumes where it was.
     assert server.stop() == 0
     page.wait_for_selector("#connection[data-state=reconnecting]")
     server.start()
@@ -228,9 +226,7 @@ def test_console_page_is_served_with_a_strict_policy(server: Server) -> None:
     assert httpx.get(server.url + "/static/missing.js").status_code == 404
 
 
-def test_console_page_needs_no_token_but_the_api_does(
-    settings: Settings, database: Database
-) -> None:
+def test_console_page_public_api_protected(settings: Settings, database: Database) -> None:
     harness = Harness(settings, database)
     assert settings.auth == "on"
     page = harness.client.simulate_get("/")

@@ -377,7 +377,7 @@ function appendUserMessage(content, turnId) {
   text.textContent = content;
   entry.append(who, text);
   $("log").append(entry);
-  // The agent's answer to this message goes right after it.
+  // The agent's reply to this message goes right after it.
   turnView(turnId);
 }
 

@@ -130,10 +130,9 @@ class LocalChatModel:
 
         with loaded.lock:
             prompt_tokens = self._tokenize_prompt(loaded, _plain_messages(messages))
-            # Evaluate every prompt from the start. llama-cpp-python otherwise reuses the
-            # cached prefix of the previous call, and its logits can differ slightly from
-            # a fresh evaluation; greedy decoding of a small model then takes another
-            # path, and the same question gets another answer.
+            # Evaluate every prompt from the start. Otherwise llama-cpp-python reuses the
+            # cached prefix of the previous call, whose logits can differ slightly from a
+            # fresh evaluation, so greedy decoding could reply differently to one prompt.
             loaded.llama.reset()
             if on_delta is None:
                 return self._generate(loaded.llama, prompt_tokens)
