@@ -17,7 +17,9 @@ from shared.settings import Settings, SettingsError, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-QUEUE_CHOICES = ("turns", "embeddings", "maintenance", "chat-delivery")
+# The names in shared.queues.ALL_QUEUES (a test keeps them equal), spelled out here so
+# that the CLI starts without importing Dramatiq.
+QUEUE_CHOICES = ("turns", "embeddings", "maintenance", "chat-delivery", "search")
 CHAT_CHOICES = ("telegram", "discord", "teams")
 #: Variables that `foxctl up` gives laptop defaults unless the user set them.
 UP_DEFAULTED = (
@@ -590,6 +592,8 @@ def search(query: str, limit: int, path_prefix: str | None, rerank: bool | None)
     client = ApiClient.from_settings(settings_from_env())
     rerank_param = None if rerank is None else str(rerank).lower()
     results = client.search(query, limit=limit, path_prefix=path_prefix, rerank=rerank_param)
+    for warning in results.get("warnings", []):
+        click.echo(f"foxctl: warning: {warning}", err=True)
     if not results["items"]:
         click.echo("no results; is the workspace indexed? (foxctl index --watch)", err=True)
     for hit in results["items"]:

@@ -72,6 +72,19 @@ EMBEDDING_CHUNKS = Counter(
     "foxctl_embedding_chunks",
     "Chunks embedded; its rate is chunks per second.",
 )
+SEARCH_REQUESTS = Counter(
+    "foxctl_search_requests",
+    "Searches handed over by web processes, by how the worker ended them "
+    "(answered, error, expired before it took them).",
+    ["outcome"],
+)
+SEARCH_WAIT_SECONDS = Histogram(
+    "foxctl_search_wait_seconds",
+    "Time a web process waited for a worker's search answer, by outcome "
+    "(answered, error, timeout).",
+    ["outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 CAS_BYTES = Counter(
     "foxctl_cas_bytes",
     "Bytes written to and read from the artifact store, by direction.",

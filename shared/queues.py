@@ -19,7 +19,10 @@ TURNS = "turns"
 EMBEDDINGS = "embeddings"
 MAINTENANCE = "maintenance"
 CHAT_DELIVERY = "chat-delivery"
-ALL_QUEUES = (TURNS, EMBEDDINGS, MAINTENANCE, CHAT_DELIVERY)
+#: Searches from the web tier; the embedding worker runs them, so that web pods never
+#: embed a query or call a reranker.
+SEARCH = "search"
+ALL_QUEUES = (TURNS, EMBEDDINGS, MAINTENANCE, CHAT_DELIVERY, SEARCH)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ DELIVER_CHAT_REPLY = ActorRef(CHAT_DELIVERY, "deliver_chat_reply")
 INDEX_WORKSPACE = ActorRef(EMBEDDINGS, "index_workspace")
 #: Embed a batch of index chunks. Arguments: the chunk ids.
 EMBED_CHUNKS = ActorRef(EMBEDDINGS, "embed_chunks")
+#: Run a search that a web process stored in the search exchange. Argument: its id.
+RUN_SEARCH = ActorRef(SEARCH, "run_search")
 
 
 class Enqueuer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,18 @@ from shared.auth.service import create_token
 from shared.cas.stores import FileArtifactStore
 from shared.db import Database
 from shared.events.live import MemoryPublisher
-from shared.queues import TURNS, Enqueuer
+from shared.queues import SEARCH, TURNS, Enqueuer
+from shared.retrieval.embedders import make_embedder
+from shared.retrieval.exchange import make_search_exchange
+from shared.retrieval.search import SearchService
 from shared.settings import Settings
 from shared.turns.lease import SqlTurnLock
 from web.app import build_context, create_app
 from workers.agent_loop import AgentLoop, LoopSettings
 from workers.context import LexicalSearch
 from workers.llm.openai_compat import OpenAICompatChatModel
+from workers.runtime import make_search_service
+from workers.searches import SearchRunner
 from workers.tools import ToolRegistry
 from workers.tools.workspace import workspace_tools
 from workers.turn_runner import TurnRunner
@@ -122,3 +128,38 @@ class Harness:
         import dramatiq
 
         return str(dramatiq.Message.decode(raw).args[0])
+
+
+class SearchQueueThread:
+    """Answer the harness's search queue in a thread, as an embedding worker would.
+
+    ``GET /api/search`` waits for a worker, so a test that searches through the API
+    starts one of these first (it is a context manager).
+    """
+
+    def __init__(self, harness: Harness, search: SearchService | None = None) -> None:
+        settings = harness.settings
+        if search is None:
+            search = make_search_service(settings, harness.db, make_embedder(settings))
+        self.runner = SearchRunner(search, make_search_exchange(settings))
+        self._queue = harness.broker.queues[SEARCH]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="search-queue", daemon=True)
+        self.handled = 0
+
+    def __enter__(self) -> SearchQueueThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw = self._queue.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            self.runner.run(Harness._decode(raw))
+            self.handled += 1

@@ -251,3 +251,49 @@ def test_drain_makes_web_unready_and_refuses_turns(
     assert posted.status_code == 503
     assert posted.json()["error"]["code"] == "draining"
     assert listed.status_code == 200
+
+
+def test_up_search_runs_on_its_in_process_worker(up_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.fakes.embedding_server import FakeEmbeddingServer
+    from tests.index_helpers import python_function, write_tree
+
+    root = tmp_path / "workspace"
+    write_tree(
+        root,
+        {
+            "pkg/store.py": python_function("save_record", "record storage"),
+            "pkg/retry.py": python_function("schedule_retry", "retry backoff"),
+        },
+    )
+    embeddings = FakeEmbeddingServer(dimension=32).start()
+    env = {
+        **up_env,
+        "FOXCTL_EMBEDDING_PROVIDER": "openai_compat",
+        "FOXCTL_EMBEDDING_BASE_URL": embeddings.base_url,
+        "FOXCTL_EMBEDDING_MODEL": "fake",
+    }
+    try:
+        port = free_port()
+        up = Process("up", ["up", "--port", str(port), "--workspace", str(root)], env, tmp_path)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, up)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/api/index").json()["embedded"] < 2:
+            assert time.monotonic() < deadline, up.output()
+            time.sleep(0.1)
+        indexed = len(embeddings.inputs)
+
+        result = run_cli(
+            ["search", "schedule_retry", "--limit", "1"], {**env, "FOXCTL_API_URL": url}
+        )
+        searched = embeddings.inputs[indexed:]
+        code = up.terminate()
+    finally:
+        embeddings.stop()
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pkg/retry.py:1-")
+    assert result.stderr == ""
+    # The in-process worker embedded the query; the web side only handed it over.
+    assert searched == ["\nschedule_retry"]
+    assert code == 0

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.broker import make_broker
@@ -17,7 +18,7 @@ from shared.retrieval.service import index_status
 from shared.settings import load_settings
 from tests.fakes.embedding_server import FakeEmbeddingServer
 from tests.index_helpers import python_function, write_tree
-from tests.processes import Process, run_cli, wait_for_log
+from tests.processes import Process, free_port, run_cli, wait_for_log, wait_until_ready
 
 
 @pytest.fixture
@@ -130,3 +131,63 @@ def test_rate_limited_batch_is_retried_by_the_queue(
     assert len(fake_embeddings.inputs) == 3
     assert len(set(fake_embeddings.inputs)) == 3
     assert time.monotonic() - started >= 2
+
+
+def test_web_search_runs_on_the_embedding_worker(
+    db_env: dict[str, str],
+    redis_url: str,
+    fake_embeddings: FakeEmbeddingServer,
+    tmp_path: Path,
+) -> None:
+    env = workspace_env(db_env, redis_url, fake_embeddings, tmp_path)
+    index_with_worker_process(env, tmp_path)
+    worker = Process(
+        "search-worker",
+        ["worker", "--queues", "embeddings", "--queues", "search", "--threads", "2"],
+        {**env, "FOXCTL_RUN_DIR": str(tmp_path / "run-worker")},
+        tmp_path,
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The web process gets an embedding provider it cannot reach: a search that it
+    # embedded itself would find no vectors and come back as full text only.
+    web_env = {
+        **env,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "FOXCTL_AUTH": "off",
+        "FOXCTL_EMBEDDING_BASE_URL": "http://127.0.0.1:9/v1",
+        "FOXCTL_SEARCH_TIMEOUT_S": "2",
+        "FOXCTL_RUN_DIR": str(tmp_path / "run-web"),
+    }
+    web = Process("web", ["web", "serve"], web_env, tmp_path)
+    params = {"q": "schedule_retry backoff", "limit": "3"}
+    try:
+        wait_for_log(worker, "worker started")
+        wait_until_ready(url, web)
+        before = len(fake_embeddings.inputs)
+
+        answered = httpx.get(url + "/api/search", params=params, timeout=30)
+        embedded = fake_embeddings.inputs[before:]
+
+        assert worker.terminate() == 0, worker.output()
+        started = time.monotonic()
+        fallback = httpx.get(url + "/api/search", params=params, timeout=30)
+        waited_s = time.monotonic() - started
+    finally:
+        worker.terminate()
+        web_code = web.terminate()
+
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["mode"] == "hybrid:exact"
+    assert answered.json()["items"][0]["path"] == "pkg/retry.py"
+    assert answered.json()["warnings"] == []
+    assert embedded == ["\nschedule_retry backoff"]
+    # With no worker on the search queue the web answers from full text after its wait.
+    assert fallback.status_code == 200, fallback.text
+    assert fallback.json()["mode"] == "text"
+    assert fallback.json()["items"][0]["path"] == "pkg/retry.py"
+    assert "no worker answered within 2 s" in fallback.json()["warnings"][0]
+    assert waited_s >= 2
+    assert web_code == 0, web.output()
+    assert "127.0.0.1:9" not in web.output()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,16 +13,18 @@ import dramatiq
 import pytest
 
 from shared.db import Database, make_engine
-from shared.metrics import EMBEDDING_CHUNKS
+from shared.metrics import EMBEDDING_CHUNKS, SEARCH_REQUESTS
 from shared.migrate import upgrade
-from shared.queues import EMBED_CHUNKS, EMBEDDINGS, INDEX_WORKSPACE, Enqueuer
+from shared.queues import EMBED_CHUNKS, EMBEDDINGS, INDEX_WORKSPACE, RUN_SEARCH, SEARCH, Enqueuer
 from shared.retrieval.embedders import make_embedder
 from shared.retrieval.errors import VectorSupportMissingError
+from shared.retrieval.models import SearchResults
+from shared.retrieval.search import SearchOptions
 from shared.retrieval.vectors import verify_vector_support
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.fakes.embedding_server import FakeEmbeddingServer
-from tests.harness import Harness
+from tests.harness import Harness, SearchQueueThread
 from tests.index_helpers import python_function, write_tree
 from workers import runtime
 from workers.embedding import IndexWorker
@@ -144,9 +148,13 @@ def test_search_returns_path_lines_snippet(
     harness.call("POST", "/api/index")
     run_worker(harness, monkeypatch)
 
-    result = harness.call("GET", "/api/search", params={"q": "save_record storage", "limit": 2})
+    with SearchQueueThread(harness) as worker:
+        result = harness.call("GET", "/api/search", params={"q": "save_record storage", "limit": 2})
 
     assert result.status_code == 200
+    assert worker.handled == 1
+    assert result.json["mode"] == "hybrid:exact"
+    assert result.json["warnings"] == []
     top = result.json["items"][0]
     assert top["path"] == "pkg/store.py"
     assert top["start_line"] == 1
@@ -154,6 +162,100 @@ def test_search_returns_path_lines_snippet(
     assert "def save_record" in top["snippet"]
     assert top["score"] > 0
     assert len(result.json["items"]) == 2
+
+
+def test_search_message_carries_only_a_request_id(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, fake_embeddings: FakeEmbeddingServer
+) -> None:
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+    embedded_before = len(fake_embeddings.inputs)
+    seen: list[dramatiq.Message[None]] = []
+    queue = harness.broker.queues[SEARCH]
+    original_get = queue.get
+
+    def spy(*args: object, **kwargs: object) -> bytes:
+        raw: bytes = original_get(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(dramatiq.Message.decode(raw))
+        return raw
+
+    monkeypatch.setattr(queue, "get", spy)
+
+    with SearchQueueThread(harness):
+        result = harness.call("GET", "/api/search", params={"q": "schedule_retry backoff"})
+
+    assert result.status_code == 200
+    assert result.json["items"][0]["path"] == "pkg/retry.py"
+    assert [m.actor_name for m in seen] == [RUN_SEARCH.name]
+    (request_id,) = seen[0].args
+    assert re.fullmatch(r"[0-9a-f]{32}", str(request_id))
+    assert "schedule_retry" not in seen[0].encode().decode()
+    # The query was embedded once, by the worker's embedder.
+    assert fake_embeddings.inputs[embedded_before:] == ["\nschedule_retry backoff"]
+
+
+def test_search_without_a_worker_answers_from_full_text(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, fake_embeddings: FakeEmbeddingServer
+) -> None:
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+    harness = Harness(harness.settings.model_copy(update={"search_timeout_s": 0.3}), harness.db)
+    embedded_before = len(fake_embeddings.inputs)
+    expired_before = SEARCH_REQUESTS.labels(outcome="expired")._value.get()
+
+    result = harness.call("GET", "/api/search", params={"q": "save_record storage"})
+
+    assert result.status_code == 200
+    assert result.json["mode"] == "text"
+    assert result.json["items"][0]["path"] == "pkg/store.py"
+    (warning,) = result.json["warnings"]
+    assert "no worker answered within 0.3 s (FOXCTL_SEARCH_TIMEOUT_S)" in warning
+    assert "--queues search" in warning
+    # A worker that takes the request after the web stopped waiting skips it.
+    with SearchQueueThread(harness) as worker:
+        deadline = time.monotonic() + 5
+        while worker.handled == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert worker.handled == 1
+    assert SEARCH_REQUESTS.labels(outcome="expired")._value.get() == expired_before + 1
+    assert len(fake_embeddings.inputs) == embedded_before
+
+
+class FailingSearch:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def search(self, query: str, options: SearchOptions) -> SearchResults:
+        raise self.error
+
+
+def test_search_failing_on_the_worker_answers_from_full_text(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+    failing = FailingSearch(RuntimeError("boom"))
+
+    with SearchQueueThread(harness, search=failing):  # type: ignore[arg-type]
+        result = harness.call("GET", "/api/search", params={"q": "save_record"})
+
+    assert result.status_code == 200
+    assert result.json["mode"] == "text"
+    assert result.json["items"][0]["path"] == "pkg/store.py"
+    assert result.json["warnings"] == [
+        "the search failed on the worker (the search failed on the embedding worker: "
+        "RuntimeError), so these are full-text results only"
+    ]
+
+
+def test_search_without_pgvector_on_the_worker_is_unavailable(harness: Harness) -> None:
+    missing = VectorSupportMissingError("PostgreSQL has no pgvector extension")
+
+    with SearchQueueThread(harness, search=FailingSearch(missing)):  # type: ignore[arg-type]
+        result = harness.call("GET", "/api/search", params={"q": "save_record"})
+
+    assert result.status_code == 503
+    assert result.json["error"]["message"] == "PostgreSQL has no pgvector extension"
 
 
 @pytest.mark.parametrize(

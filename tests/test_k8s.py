@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.queues import ALL_QUEUES
 from shared.settings import Settings, load_settings
 from tests.processes import ROOT, run_cli
 
@@ -272,9 +273,15 @@ def test_queue_names_exist_in_cli() -> None:
         if word == "--queues"
     ]
 
-    assert sorted(queues) == ["chat-delivery", "embeddings", "maintenance", "turns"]
+    assert sorted(queues) == sorted(ALL_QUEUES)
     for queue in queues:
         assert queue in text
+
+
+def test_cli_queue_choices_match_the_queue_contract() -> None:
+    from foxctl.cli import QUEUE_CHOICES
+
+    assert QUEUE_CHOICES == ALL_QUEUES
 
 
 def known_variables() -> set[str]:
@@ -624,3 +631,38 @@ def test_chat_credentials_reach_web_and_delivery_worker() -> None:
         }
         assert refs["FOXCTL_TELEGRAM_BOT_TOKEN"] == "foxctl-chat"
         assert refs["FOXCTL_TEAMS_APP_PASSWORD"] == "foxctl-chat"
+
+
+PROVIDER_SECRETS = {
+    "FOXCTL_EMBEDDING_BASE_URL": "embedding-base-url",
+    "FOXCTL_EMBEDDING_API_KEY": "embedding-api-key",
+    "FOXCTL_RERANK_BASE_URL": "rerank-base-url",
+    "FOXCTL_RERANK_API_KEY": "rerank-api-key",
+}
+
+
+def secret_keys(container: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_provider_secrets_reach_the_processes_that_search() -> None:
+    """Workers embed and rerank (batches, searches, the agent's search tool); web does not."""
+    docs = documents("postgres")
+
+    def first_container(name: str) -> dict[str, Any]:
+        container: dict[str, Any] = deployment(docs, name)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        return container
+
+    for name in ("foxctl-worker", "foxctl-embedding-worker"):
+        assert secret_keys(first_container(name)).items() >= PROVIDER_SECRETS.items()
+    assert not set(secret_keys(first_container("foxctl-web"))) & set(PROVIDER_SECRETS)
+    # The local overlay runs everything in one `foxctl up` pod.
+    local = documents("local")
+    single = deployment(local, "foxctl-web")["spec"]["template"]["spec"]["containers"][0]
+    assert secret_keys(single).items() >= PROVIDER_SECRETS.items()

@@ -47,3 +47,15 @@ def test_web_never_imports_worker_or_scheduler_code() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+def test_web_builds_no_embedder_or_reranker() -> None:
+    """Query embedding and reranking run on the search queue's worker (invariant 5)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / "web").rglob("*.py"))
+        for name in ("make_embedder", "make_reranker", "LocalEmbedder", "OpenAICompatEmbedder")
+        if name in path.read_text()
+    ]
+
+    assert offenders == []

@@ -79,3 +79,18 @@ def test_invalid_broker_url_hides_password() -> None:
 
     assert "hunter2" not in str(caught.value)
     assert "user:***@cache" in str(caught.value)
+
+
+def test_every_setting_is_documented() -> None:
+    from pathlib import Path
+
+    from shared.settings import Settings
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = [
+        f"FOXCTL_{name.upper()}"
+        for name, info in Settings.model_fields.items()
+        if info.validation_alias is None and f"`FOXCTL_{name.upper()}`" not in text
+    ]
+
+    assert missing == []

@@ -17,6 +17,7 @@ from shared.db import Database, make_engine
 from shared.events.fanout import make_event_hub, make_publisher
 from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
+from shared.retrieval.exchange import make_search_exchange
 from shared.retrieval.vectors import verify_vector_support
 from shared.settings import Settings
 from shared.telemetry import flush_tracing
@@ -99,6 +100,7 @@ def build_context(
         publisher=publisher,
         hub=make_event_hub(settings, publisher),
         console_secret=console_secret(settings),
+        searches=make_search_exchange(settings),
         io_threads=io_threads,
         owns_db=owns_db,
     )

@@ -19,6 +19,7 @@ from shared.db import Database
 from shared.events.hub import EventHub
 from shared.events.live import EventPublisher
 from shared.queues import Enqueuer
+from shared.retrieval.exchange import SearchExchange
 from shared.settings import Settings
 from web.drain import DrainState
 
@@ -38,6 +39,8 @@ class WebContext:
     hub: EventHub
     #: Key for console tokens (HMAC-SHA256).
     console_secret: bytes
+    #: Hands searches to the embedding worker and waits for the results.
+    searches: SearchExchange
     io_threads: int = 8
     #: False when the caller passed its own database and closes it itself.
     owns_db: bool = True
@@ -53,6 +56,7 @@ class WebContext:
         # Ending the hub first closes open WebSockets with 1012 and ends SSE streams.
         await self.hub.stop()
         await self.drain.stop()
+        await self.searches.close()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None

@@ -10,6 +10,7 @@ from shared.queues import (
     EMBED_CHUNKS,
     INDEX_WORKSPACE,
     RUN_JOB,
+    RUN_SEARCH,
     RUN_SESSION,
 )
 from shared.retrieval.errors import EmbeddingUnavailableError
@@ -26,8 +27,14 @@ __all__ = [
     "embed_chunks",
     "index_workspace",
     "run_job",
+    "run_search",
     "run_session",
 ]
+
+#: Dramatiq runs prefetched messages lowest priority number first. A worker on both
+#: the search and embeddings queues takes a waiting search before its next batch.
+SEARCH_PRIORITY = 0
+BULK_PRIORITY = 10
 
 _settings = runtime.settings()
 
@@ -96,6 +103,7 @@ def deliver_chat_reply(delivery_id: str) -> None:
     min_backoff=5_000,
     max_backoff=60_000,
     time_limit=60 * 60 * 1_000,
+    priority=BULK_PRIORITY,
 )
 def index_workspace(job_run_id: str) -> None:
     """Run a recorded index job: chunk changed files, then enqueue embedding batches.
@@ -120,6 +128,7 @@ def index_workspace(job_run_id: str) -> None:
         and retries < _settings.embedding_max_retries
     ),
     time_limit=10 * 60 * 1_000,
+    priority=BULK_PRIORITY,
 )
 def embed_chunks(*chunk_ids: str) -> None:
     """Embed a batch of chunks and store their vectors.
@@ -133,3 +142,20 @@ def embed_chunks(*chunk_ids: str) -> None:
         after_s = error.retry_after_s
         delay_ms = int(after_s * 1000) if after_s is not None else None
         raise dramatiq.Retry(error.message, delay=delay_ms) from error
+
+
+@dramatiq.actor(
+    queue_name=RUN_SEARCH.queue,
+    actor_name=RUN_SEARCH.name,
+    # The web process waits a few seconds and then answers from full text alone, so a
+    # retry would only run a search nobody reads: the request is taken once.
+    max_retries=0,
+    time_limit=60 * 1_000,
+    priority=SEARCH_PRIORITY,
+)
+def run_search(request_id: str) -> None:
+    """Run a search stored by a web process and hand it the results.
+
+    Idempotent: the request is removed when taken, so a redelivery finds nothing.
+    """
+    runtime.current().searches.run(request_id)

@@ -23,6 +23,7 @@ from shared.events.live import EventPublisher
 from shared.heartbeat import HeartbeatWriter
 from shared.queues import Enqueuer
 from shared.retrieval.embedders import Embedder, make_embedder
+from shared.retrieval.exchange import make_search_exchange
 from shared.retrieval.rerank import make_reranker
 from shared.retrieval.search import SearchService
 from shared.retrieval.vectors import verify_vector_support
@@ -37,6 +38,7 @@ from workers.llm.base import ChatModel, ModelError, ModelReply
 from workers.llm.local import LocalChatModel
 from workers.llm.openai_compat import OpenAICompatChatModel
 from workers.reconciler import Reconciler
+from workers.searches import SearchRunner
 from workers.tools import ToolRegistry
 from workers.tools.search import SemanticSearchTool
 from workers.tools.workspace import workspace_tools
@@ -54,6 +56,7 @@ class WorkerRuntime:
     chat: ChatDeliverer
     indexer: IndexWorker
     search: SearchService
+    searches: SearchRunner
 
 
 class UnconfiguredModel:
@@ -174,6 +177,7 @@ def build_runtime(
         build_chat(settings, db, publisher, stopping),
         indexer,
         search,
+        SearchRunner(search, make_search_exchange(settings)),
     )
 
 

@@ -98,3 +98,5 @@ class SearchResults(BaseModel):
     items: list[SearchHit]
     mode: str
     reranked: bool
+    #: Why the results are less than asked for, such as full text only after a timeout.
+    warnings: list[str] = []

@@ -114,7 +114,7 @@ class SearchService:
     def search(self, query: str, options: SearchOptions | None = None) -> SearchResults:
         """Return the best chunks for ``query``. Raises InvalidQueryError on bad input."""
         options = options or SearchOptions()
-        query = _check_query(query, options)
+        query = check_query(query, options)
         want_rerank = self._reranker is not None and options.rerank is not False
         pool = max(options.limit, self._rerank_candidates if want_rerank else 0) * 2
 
@@ -245,7 +245,8 @@ class SearchService:
         return {row.id: row for row in rows if row.id is not None}
 
 
-def _check_query(query: str, options: SearchOptions) -> str:
+def check_query(query: str, options: SearchOptions) -> str:
+    """Return the stripped query; raise InvalidQueryError when it or the limit is bad."""
     query = (query or "").strip()
     if not query:
         raise InvalidQueryError("query is empty; pass the text to search for in q")

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import falcon
 import falcon.asgi
+import structlog
 
+from shared.errors import UnavailableError
 from shared.jobs.catalog import enqueue_job, record_job
-from shared.retrieval.embedders import make_embedder
+from shared.metrics import SEARCH_WAIT_SECONDS
+from shared.queues import RUN_SEARCH
+from shared.retrieval.embedders import DisabledEmbedder
+from shared.retrieval.errors import InvalidQueryError
+from shared.retrieval.exchange import SearchTimeout
 from shared.retrieval.models import IndexAccepted, IndexRequest
-from shared.retrieval.rerank import make_reranker
-from shared.retrieval.search import MAX_LIMIT, SearchOptions, SearchService
+from shared.retrieval.search import MAX_LIMIT, SearchOptions, SearchService, check_query
 from shared.retrieval.service import index_status
 from web.context import WebContext
 from web.http import invalid_query, query_int, read_model
+
+log = structlog.get_logger(__name__)
 
 
 class IndexResource:
@@ -43,27 +53,22 @@ class IndexResource:
 
 
 class SearchResource:
-    """Search the index. The query embedding is one provider call in the I/O pool.
+    """Hand the search to a worker on the search queue and wait for its results.
 
-    NOTE: with FOXCTL_EMBEDDING_PROVIDER=local the web process loads the MiniLM model
-    on its first search; give the web tier an openai_compat provider to keep model code
-    out of it.
+    The web tier embeds no query and calls no reranker (ARCHITECTURE invariant 5). The
+    request waits on the event loop, not in the I/O pool, so slow workers do not hold
+    threads that other requests need. When no worker answers within
+    FOXCTL_SEARCH_TIMEOUT_S, or its search fails, the answer comes from full-text
+    search alone, a database query, with a warning that says why.
     """
 
     def __init__(self, ctx: WebContext) -> None:
         self._ctx = ctx
-        settings = ctx.settings
-        self._search = SearchService(
-            ctx.db,
-            make_embedder(settings),
-            make_reranker(settings),
-            require_vector=settings.postgres_require_vector,
-            rerank_candidates=settings.rerank_candidates,
-            rerank_weight=settings.rerank_weight,
+        self._full_text = SearchService(
+            ctx.db, DisabledEmbedder(), require_vector=ctx.settings.postgres_require_vector
         )
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        query = req.get_param("q") or ""
         limit = query_int(req, "limit", default=10, low=1, high=MAX_LIMIT)
         assert limit is not None
         rerank_raw = req.get_param("rerank")
@@ -75,8 +80,50 @@ class SearchResource:
         options = SearchOptions(
             limit=limit, path_prefix=req.get_param("path_prefix") or None, rerank=rerank
         )
+        query = check_query(req.get_param("q") or "", options)
+        request = {"q": query, "limit": limit, "path_prefix": options.path_prefix, "rerank": rerank}
+        timeout_s = self._ctx.settings.search_timeout_s
 
-        def search() -> object:
-            return self._search.search(query, options).model_dump(mode="json")
+        def submit() -> str:
+            request_id = self._ctx.searches.submit(request, ttl_s=timeout_s)
+            self._ctx.enqueuer.send(RUN_SEARCH, request_id)
+            return request_id
 
-        resp.media = await self._ctx.run(search)
+        request_id = await self._ctx.run(submit)
+        started = time.monotonic()
+        try:
+            answer = await self._ctx.searches.wait(request_id, timeout_s)
+        except SearchTimeout:
+            SEARCH_WAIT_SECONDS.labels(outcome="timeout").observe(time.monotonic() - started)
+            log.warning("no worker answered the search", timeout_s=timeout_s)
+            warning = (
+                f"no worker answered within {timeout_s:g} s (FOXCTL_SEARCH_TIMEOUT_S), so "
+                "these are full-text results only; check that a worker consumes the "
+                "search queue, as `foxctl worker --queues embeddings --queues search` does"
+            )
+            resp.media = await self._full_text_only(query, options, warning)
+            return
+        outcome = "answered" if "results" in answer else "error"
+        SEARCH_WAIT_SECONDS.labels(outcome=outcome).observe(time.monotonic() - started)
+        if "results" in answer:
+            resp.media = answer["results"]
+            return
+        code, message = answer["error"]["code"], answer["error"]["message"]
+        if code == InvalidQueryError.code:
+            raise InvalidQueryError(message)
+        if code == UnavailableError.code:
+            raise UnavailableError(message)
+        warning = (
+            f"the search failed on the worker ({message}), so these are full-text results only"
+        )
+        resp.media = await self._full_text_only(query, options, warning)
+
+    async def _full_text_only(
+        self, query: str, options: SearchOptions, warning: str
+    ) -> dict[str, object]:
+        def search() -> dict[str, object]:
+            results = self._full_text.search(query, replace(options, rerank=False))
+            results.warnings.append(warning)
+            return results.model_dump(mode="json")
+
+        return await self._ctx.run(search)

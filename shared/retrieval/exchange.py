@@ -1,0 +1,179 @@
+"""Hand a search from the web tier to the embedding worker and wait for its results.
+
+The web tier embeds nothing and calls no reranker, so ``GET /api/search`` runs on the
+embedding worker: the web process stores the request under a fresh id, sends
+``run_search(id)`` on the ``search`` queue (the message carries the id only) and waits
+for the answer. Requests expire after the web's wait, so a worker that picks one up
+late skips it rather than doing work nobody reads.
+
+On Redis (``FOXCTL_BROKER_URL=redis://...``) the request is a key with a TTL and the
+answer is pushed to a list that the web process pops with BLPOP, so an answer that
+arrives before the web starts to wait is not lost. Keys carry the Redis database
+number, like the live-event channels. With ``memory://`` (``foxctl up``) both sides
+live in one process and share a dictionary of futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio
+
+from shared.settings import Settings
+
+#: How long an answer waits in Redis for a web process that has stopped waiting.
+ANSWER_TTL_S = 60
+
+
+class SearchTimeout(Exception):
+    """No worker answered within the wait."""
+
+
+class SearchExchange(Protocol):
+    def submit(self, request: dict[str, Any], ttl_s: float) -> str:
+        """Store ``request``; return its id. Blocking: call it from a thread."""
+        ...
+
+    async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
+        """Return the worker's answer; raise SearchTimeout when none came in time."""
+        ...
+
+    def take(self, request_id: str) -> dict[str, Any] | None:
+        """Worker side: remove and return the request, or None when it expired."""
+        ...
+
+    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
+        """Worker side: hand ``answer`` to the waiting web process."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def key_prefix(redis_url: str) -> str:
+    """Return ``foxctl:{db}:search:`` for the database number that ``redis_url`` selects."""
+    db = redis.connection.parse_url(redis_url).get("db", 0)  # type: ignore[no-untyped-call]
+    return f"foxctl:{db}:search:"
+
+
+class RedisSearchExchange:
+    def __init__(self, redis_url: str) -> None:
+        self._url = redis_url
+        self._prefix = key_prefix(redis_url)
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        # Created on first use, on the event loop that awaits it.
+        self._async: redis.asyncio.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, request: dict[str, Any], ttl_s: float) -> str:
+        request_id = uuid.uuid4().hex
+        ttl_ms = max(int(ttl_s * 1000), 1)
+        self._client.set(self._prefix + request_id, json.dumps(request), px=ttl_ms)
+        return request_id
+
+    async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
+        client = self._async_client()
+        key = self._prefix + request_id + ":answer"
+        popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
+        if popped is None:
+            # The request may still sit in the queue; drop it so no worker runs it.
+            await client.delete(self._prefix + request_id)
+            raise SearchTimeout(request_id)
+        answer: dict[str, Any] = json.loads(popped[1])
+        return answer
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._loop is not loop:
+            # Its connections belong to one event loop: a web process has one.
+            # No socket timeout: BLPOP holds the connection for the whole wait.
+            self._async = redis.asyncio.Redis.from_url(self._url, socket_connect_timeout=5)
+            self._loop = loop
+        return self._async
+
+    def take(self, request_id: str) -> dict[str, Any] | None:
+        raw: bytes | None = self._client.getdel(self._prefix + request_id)  # type: ignore[assignment]
+        if raw is None:
+            return None
+        request: dict[str, Any] = json.loads(raw)
+        return request
+
+    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
+        key = self._prefix + request_id + ":answer"
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(answer, separators=(",", ":")))
+            pipe.expire(key, ANSWER_TTL_S)
+            pipe.execute()
+
+    async def close(self) -> None:
+        if self._async is not None and self._loop is asyncio.get_running_loop():
+            await self._async.aclose()
+        self._async = self._loop = None
+        self._client.close()
+
+
+class MemorySearchExchange:
+    """Both sides in one process (``foxctl up``): requests and futures in dictionaries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[str, tuple[dict[str, Any], float]] = {}
+        self._answers: dict[str, Future[dict[str, Any]]] = {}
+
+    def submit(self, request: dict[str, Any], ttl_s: float) -> str:
+        request_id = uuid.uuid4().hex
+        with self._lock:
+            self._requests[request_id] = (request, time.monotonic() + ttl_s)
+            self._answers[request_id] = Future()
+        return request_id
+
+    async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
+        with self._lock:
+            future = self._answers.get(request_id)
+        if future is None:
+            raise SearchTimeout(request_id)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        except TimeoutError:
+            raise SearchTimeout(request_id) from None
+        finally:
+            with self._lock:
+                self._requests.pop(request_id, None)
+                self._answers.pop(request_id, None)
+
+    def take(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._requests.pop(request_id, None)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
+        with self._lock:
+            future = self._answers.get(request_id)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    async def close(self) -> None:
+        return None
+
+
+_memory_lock = threading.Lock()
+_memory_exchange: MemorySearchExchange | None = None
+
+
+def make_search_exchange(settings: Settings) -> SearchExchange:
+    """Return a Redis exchange, or this process's in-memory one for ``memory://``."""
+    global _memory_exchange
+    if not settings.broker_url.startswith("memory://"):
+        return RedisSearchExchange(settings.broker_url)
+    with _memory_lock:
+        if _memory_exchange is None:
+            _memory_exchange = MemorySearchExchange()
+        return _memory_exchange
