@@ -132,9 +132,12 @@ class BenchCluster:
         wait_until_ready(self.url, web, timeout_s=60)
         return web
 
-    def start_worker(self, threads: int, *, name: str = "worker") -> Process:
+    def start_worker(
+        self, threads: int, *, name: str = "worker", queues: tuple[str, ...] = ("turns",)
+    ) -> Process:
         env = {"FOXCTL_RUN_DIR": str(self.log_dir / f"run-{name}")}
-        args = ["worker", "--queues", "turns", "--processes", "1", "--threads", str(threads)]
+        args = ["worker", *(f"--queues={queue}" for queue in queues)]
+        args += ["--processes", "1", "--threads", str(threads)]
         worker = self._start(name, args, env)
         wait_for_log(worker, "worker started", timeout_s=60)
         return worker

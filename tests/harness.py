@@ -131,7 +131,7 @@ class Harness:
 
 
 class SearchQueueThread:
-    """Answer the harness's search queue in a thread, as an embedding worker would.
+    """Run the harness's search queue in a thread, as an embedding worker would.
 
     ``GET /api/search`` waits for a worker, so a test that searches through the API
     starts one of these first (it is a context manager).

@@ -187,7 +187,7 @@ def test_web_search_runs_on_the_embedding_worker(
     assert fallback.status_code == 200, fallback.text
     assert fallback.json()["mode"] == "text"
     assert fallback.json()["items"][0]["path"] == "pkg/retry.py"
-    assert "no worker answered within 2 s" in fallback.json()["warnings"][0]
+    assert "no worker responded within 2 s" in fallback.json()["warnings"][0]
     assert waited_s >= 2
     assert web_code == 0, web.output()
     assert "127.0.0.1:9" not in web.output()

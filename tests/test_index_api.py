@@ -194,7 +194,7 @@ def test_search_message_carries_only_a_request_id(
     assert fake_embeddings.inputs[embedded_before:] == ["\nschedule_retry backoff"]
 
 
-def test_search_without_a_worker_answers_from_full_text(
+def test_search_without_worker_falls_back(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, fake_embeddings: FakeEmbeddingServer
 ) -> None:
     harness.call("POST", "/api/index")
@@ -209,7 +209,7 @@ def test_search_without_a_worker_answers_from_full_text(
     assert result.json["mode"] == "text"
     assert result.json["items"][0]["path"] == "pkg/store.py"
     (warning,) = result.json["warnings"]
-    assert "no worker answered within 0.3 s (FOXCTL_SEARCH_TIMEOUT_S)" in warning
+    assert "no worker responded within 0.3 s (FOXCTL_SEARCH_TIMEOUT_S)" in warning
     assert "--queues search" in warning
     # A worker that takes the request after the web stopped waiting skips it.
     with SearchQueueThread(harness) as worker:
@@ -229,9 +229,7 @@ class FailingSearch:
         raise self.error
 
 
-def test_search_failing_on_the_worker_answers_from_full_text(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_worker_search_error_falls_back(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     harness.call("POST", "/api/index")
     run_worker(harness, monkeypatch)
     failing = FailingSearch(RuntimeError("boom"))

@@ -48,7 +48,7 @@ def later(delay_s: float, action: Callable[[], None]) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(run())
 
 
-def test_worker_answer_reaches_the_waiting_web(exchange: SearchExchange) -> None:
+def test_worker_response_reaches_web(exchange: SearchExchange) -> None:
     request = {"q": "retry backoff", "limit": 5, "path_prefix": None, "rerank": None}
     request_id = exchange.submit(request, ttl_s=5)
 
@@ -56,29 +56,29 @@ def test_worker_answer_reaches_the_waiting_web(exchange: SearchExchange) -> None
         def worker() -> None:
             taken = exchange.take(request_id)
             assert taken == request
-            exchange.answer(request_id, {"results": {"query": taken["q"]}})
+            exchange.respond(request_id, {"results": {"query": taken["q"]}})
 
         task = later(0.1, worker)
         try:
-            answer = await exchange.wait(request_id, 5)
+            response = await exchange.wait(request_id, 5)
         finally:
             await exchange.close()
         await task
-        return answer
+        return response
 
     assert asyncio.run(web_and_worker()) == {"results": {"query": "retry backoff"}}
     # Taken once: a redelivered message finds nothing to run.
     assert exchange.take(request_id) is None
 
 
-def test_answer_sent_before_the_web_waits_is_kept(exchange: SearchExchange) -> None:
+def test_early_response_is_kept(exchange: SearchExchange) -> None:
     request_id = exchange.submit({"q": "x"}, ttl_s=5)
     assert exchange.take(request_id) == {"q": "x"}
-    exchange.answer(request_id, {"error": {"code": "error", "message": "m"}})
+    exchange.respond(request_id, {"error": {"code": "error", "message": "m"}})
 
-    answer = wait_once(exchange, request_id, 1)
+    response = wait_once(exchange, request_id, 1)
 
-    assert answer == {"error": {"code": "error", "message": "m"}}
+    assert response == {"error": {"code": "error", "message": "m"}}
 
 
 def test_wait_times_out_and_the_request_is_dropped(exchange: SearchExchange) -> None:
@@ -89,7 +89,7 @@ def test_wait_times_out_and_the_request_is_dropped(exchange: SearchExchange) -> 
         wait_once(exchange, request_id, 0.2)
 
     assert time.monotonic() - started >= 0.2
-    # The web answered from full text; a worker that comes later does no work.
+    # The web fell back to full text; a worker that comes later does no work.
     assert exchange.take(request_id) is None
 
 
@@ -107,15 +107,15 @@ def test_redis_keys_carry_the_database_number(redis_url: str) -> None:
     try:
         request_id = exchange.submit({"q": "x"}, ttl_s=5)
         exchange.take(request_id)
-        exchange.answer(request_id, {"results": {}})
+        exchange.respond(request_id, {"results": {}})
 
         keys = {key.decode() for key in client.keys(f"foxctl:{db}:search:*")}
-        ttl = client.ttl(f"foxctl:{db}:search:{request_id}:answer")
+        ttl = client.ttl(f"foxctl:{db}:search:{request_id}:response")
     finally:
         client.close()
         asyncio.run(exchange.close())
 
     assert key_prefix(redis_url) == f"foxctl:{db}:search:"
-    assert keys == {f"foxctl:{db}:search:{request_id}:answer"}
-    # An answer nobody pops does not stay in Redis for good.
+    assert keys == {f"foxctl:{db}:search:{request_id}:response"}
+    # A response that no web process pops does not stay in Redis for good.
     assert 0 < ttl <= 60

@@ -21,21 +21,21 @@ class SearchRunner:
         self._exchange = exchange
 
     def run(self, request_id: str) -> None:
-        """Run one stored search and answer it. Idempotent: a request is taken once."""
+        """Run one stored search and send its response. Idempotent: a request is taken once."""
         request = self._exchange.take(request_id)
         if request is None:
-            # The web process stopped waiting (and answered from full text) or another
+            # The web process stopped waiting (and fell back to full text) or another
             # delivery of this message already took it.
             SEARCH_REQUESTS.labels(outcome="expired").inc()
             log.info("search request expired before a worker took it", request_id=request_id)
             return
         with telemetry.span("search", {"foxctl.search.limit": request.get("limit", 0)}) as span:
-            answer = self._answer(request)
-            if "error" in answer:
-                span.set_attribute("foxctl.search.error", answer["error"]["code"])
-        self._exchange.answer(request_id, answer)
+            response = self._result(request)
+            if "error" in response:
+                span.set_attribute("foxctl.search.error", response["error"]["code"])
+        self._exchange.respond(request_id, response)
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             options = SearchOptions(
                 limit=int(request["limit"]),
@@ -52,5 +52,5 @@ class SearchRunner:
             log.exception("search failed unexpectedly")
             message = f"the search failed on the embedding worker: {type(error).__name__}"
             return {"error": {"code": "error", "message": message}}
-        SEARCH_REQUESTS.labels(outcome="answered").inc()
+        SEARCH_REQUESTS.labels(outcome="ok").inc()
         return {"results": results.model_dump(mode="json")}

@@ -3,11 +3,11 @@
 The web tier embeds nothing and calls no reranker, so ``GET /api/search`` runs on the
 embedding worker: the web process stores the request under a fresh id, sends
 ``run_search(id)`` on the ``search`` queue (the message carries the id only) and waits
-for the answer. Requests expire after the web's wait, so a worker that picks one up
+for the response. Requests expire after the web's wait, so a worker that picks one up
 late skips it rather than doing work nobody reads.
 
 On Redis (``FOXCTL_BROKER_URL=redis://...``) the request is a key with a TTL and the
-answer is pushed to a list that the web process pops with BLPOP, so an answer that
+response is pushed to a list that the web process pops with BLPOP, so a response that
 arrives before the web starts to wait is not lost. Keys carry the Redis database
 number, like the live-event channels. With ``memory://`` (``foxctl up``) both sides
 live in one process and share a dictionary of futures.
@@ -28,12 +28,12 @@ import redis.asyncio
 
 from shared.settings import Settings
 
-#: How long an answer waits in Redis for a web process that has stopped waiting.
-ANSWER_TTL_S = 60
+#: How long a response waits in Redis for a web process that has stopped waiting.
+RESPONSE_TTL_S = 60
 
 
 class SearchTimeout(Exception):
-    """No worker answered within the wait."""
+    """No worker responded within the wait."""
 
 
 class SearchExchange(Protocol):
@@ -42,15 +42,15 @@ class SearchExchange(Protocol):
         ...
 
     async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
-        """Return the worker's answer; raise SearchTimeout when none came in time."""
+        """Return the worker's response; raise SearchTimeout when none came in time."""
         ...
 
     def take(self, request_id: str) -> dict[str, Any] | None:
         """Worker side: remove and return the request, or None when it expired."""
         ...
 
-    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
-        """Worker side: hand ``answer`` to the waiting web process."""
+    def respond(self, request_id: str, response: dict[str, Any]) -> None:
+        """Worker side: hand ``response`` to the waiting web process."""
         ...
 
     async def close(self) -> None: ...
@@ -79,14 +79,14 @@ class RedisSearchExchange:
 
     async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
         client = self._async_client()
-        key = self._prefix + request_id + ":answer"
+        key = self._prefix + request_id + ":response"
         popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
         if popped is None:
             # The request may still sit in the queue; drop it so no worker runs it.
             await client.delete(self._prefix + request_id)
             raise SearchTimeout(request_id)
-        answer: dict[str, Any] = json.loads(popped[1])
-        return answer
+        response: dict[str, Any] = json.loads(popped[1])
+        return response
 
     def _async_client(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()
@@ -104,11 +104,11 @@ class RedisSearchExchange:
         request: dict[str, Any] = json.loads(raw)
         return request
 
-    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
-        key = self._prefix + request_id + ":answer"
+    def respond(self, request_id: str, response: dict[str, Any]) -> None:
+        key = self._prefix + request_id + ":response"
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, json.dumps(answer, separators=(",", ":")))
-            pipe.expire(key, ANSWER_TTL_S)
+            pipe.rpush(key, json.dumps(response, separators=(",", ":")))
+            pipe.expire(key, RESPONSE_TTL_S)
             pipe.execute()
 
     async def close(self) -> None:
@@ -124,18 +124,18 @@ class MemorySearchExchange:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[str, tuple[dict[str, Any], float]] = {}
-        self._answers: dict[str, Future[dict[str, Any]]] = {}
+        self._responses: dict[str, Future[dict[str, Any]]] = {}
 
     def submit(self, request: dict[str, Any], ttl_s: float) -> str:
         request_id = uuid.uuid4().hex
         with self._lock:
             self._requests[request_id] = (request, time.monotonic() + ttl_s)
-            self._answers[request_id] = Future()
+            self._responses[request_id] = Future()
         return request_id
 
     async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
         with self._lock:
-            future = self._answers.get(request_id)
+            future = self._responses.get(request_id)
         if future is None:
             raise SearchTimeout(request_id)
         try:
@@ -145,7 +145,7 @@ class MemorySearchExchange:
         finally:
             with self._lock:
                 self._requests.pop(request_id, None)
-                self._answers.pop(request_id, None)
+                self._responses.pop(request_id, None)
 
     def take(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -154,11 +154,11 @@ class MemorySearchExchange:
             return None
         return entry[0]
 
-    def answer(self, request_id: str, answer: dict[str, Any]) -> None:
+    def respond(self, request_id: str, response: dict[str, Any]) -> None:
         with self._lock:
-            future = self._answers.get(request_id)
+            future = self._responses.get(request_id)
         if future is not None and not future.done():
-            future.set_result(answer)
+            future.set_result(response)
 
     async def close(self) -> None:
         return None

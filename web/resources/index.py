@@ -57,8 +57,8 @@ class SearchResource:
 
     The web tier embeds no query and calls no reranker (ARCHITECTURE invariant 5). The
     request waits on the event loop, not in the I/O pool, so slow workers do not hold
-    threads that other requests need. When no worker answers within
-    FOXCTL_SEARCH_TIMEOUT_S, or its search fails, the answer comes from full-text
+    threads that other requests need. When no worker responds within
+    FOXCTL_SEARCH_TIMEOUT_S, or its search fails, the response comes from full-text
     search alone, a database query, with a warning that says why.
     """
 
@@ -92,23 +92,23 @@ class SearchResource:
         request_id = await self._ctx.run(submit)
         started = time.monotonic()
         try:
-            answer = await self._ctx.searches.wait(request_id, timeout_s)
+            response = await self._ctx.searches.wait(request_id, timeout_s)
         except SearchTimeout:
             SEARCH_WAIT_SECONDS.labels(outcome="timeout").observe(time.monotonic() - started)
-            log.warning("no worker answered the search", timeout_s=timeout_s)
+            log.warning("search timed out waiting for a worker", timeout_s=timeout_s)
             warning = (
-                f"no worker answered within {timeout_s:g} s (FOXCTL_SEARCH_TIMEOUT_S), so "
+                f"no worker responded within {timeout_s:g} s (FOXCTL_SEARCH_TIMEOUT_S), so "
                 "these are full-text results only; check that a worker consumes the "
                 "search queue, as `foxctl worker --queues embeddings --queues search` does"
             )
             resp.media = await self._full_text_only(query, options, warning)
             return
-        outcome = "answered" if "results" in answer else "error"
+        outcome = "ok" if "results" in response else "error"
         SEARCH_WAIT_SECONDS.labels(outcome=outcome).observe(time.monotonic() - started)
-        if "results" in answer:
-            resp.media = answer["results"]
+        if "results" in response:
+            resp.media = response["results"]
             return
-        code, message = answer["error"]["code"], answer["error"]["message"]
+        code, message = response["error"]["code"], response["error"]["message"]
         if code == InvalidQueryError.code:
             raise InvalidQueryError(message)
         if code == UnavailableError.code:
