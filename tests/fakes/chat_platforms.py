@@ -12,8 +12,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class _Failure:
 
 
 @dataclass
-class FakePlatform:
+class FakePlatform(LoopbackServer):
     calls: list[PlatformCall] = field(default_factory=list)
     #: Keys served at /jwks and /entra/jwks.
     jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
@@ -45,24 +47,11 @@ class FakePlatform:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._ids = itertools.count(100)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        LoopbackServer.__init__(self, self._handler())
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakePlatform:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.origin
 
     def fail_next(
         self, path_part: str, *, status: int = 429, retry_after_s: float = 1, times: int = 1

@@ -15,8 +15,10 @@ import re
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -31,7 +33,7 @@ def bag_of_words(text: str, dimension: int) -> list[float]:
     return vector
 
 
-class FakeEmbeddingServer:
+class FakeEmbeddingServer(LoopbackServer):
     def __init__(self, dimension: int = 64) -> None:
         self.dimension = dimension
         #: Inputs embedded successfully, in order, across all requests.
@@ -42,22 +44,11 @@ class FakeEmbeddingServer:
         self.failures: deque[tuple[Any, Any]] = deque()
         self.rerank_status = 200
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> FakeEmbeddingServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.origin + "/v1"
 
     def embeddings(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self._lock:

@@ -16,8 +16,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Call:
 _DIRECTIVES = {"sleep", "tool", "args", "status", "drip"}
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self._lock = threading.Lock()
@@ -41,22 +43,11 @@ class FakeOpenAI:
         self.max_concurrency: dict[str, int] = {}
         #: A tool that every turn asks for once, as if each message said ``tool:<name>``.
         self.default_tool: str | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.origin + "/v1"
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         messages = body.get("messages", [])

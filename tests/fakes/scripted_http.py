@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def sse_response(events: list[tuple[str | None, str] | Pause]) -> ScriptedRespon
     )
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Serve scripted responses on 127.0.0.1 and record every request."""
 
     def __init__(self) -> None:
@@ -79,32 +81,20 @@ class ScriptedServer:
         self._script: list[ScriptedResponse] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        # A short poll interval keeps stop() fast, because the default 0.5 s adds up.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__(self._handler(), poll_interval_s=0.02)
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def push(self, *responses: ScriptedResponse) -> None:
         with self._lock:
             self._script.extend(responses)
 
-    def start(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         # Wakes handlers that wait in a delay or a pause, so no thread outlives the test.
         self._stopping.set()
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+        super().stop()
 
     def _next_response(self, request: ReceivedRequest) -> ScriptedResponse:
         with self._lock:
