@@ -221,6 +221,31 @@ def test_search_without_worker_falls_back(
     assert len(fake_embeddings.inputs) == embedded_before
 
 
+def test_search_with_redis_down_falls_back(
+    index_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import web.app
+    from shared.retrieval.exchange import RedisSearchExchange
+
+    closed_port = "redis://127.0.0.1:9/0"
+    monkeypatch.setattr(web.app, "make_search_exchange", lambda s: RedisSearchExchange(closed_port))
+    db = Database(make_engine(index_settings))
+    upgrade(db.engine)
+    harness = Harness(index_settings, db)
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+
+    result = harness.call("GET", "/api/search", params={"q": "save_record"})
+    db.dispose()
+
+    assert result.status_code == 200
+    assert result.json["mode"] == "text"
+    assert result.json["items"][0]["path"] == "pkg/store.py"
+    (warning,) = result.json["warnings"]
+    assert warning.startswith("the broker's Redis is unreachable (")
+    assert "127.0.0.1:9" in warning
+
+
 class FailingSearch:
     def __init__(self, error: Exception) -> None:
         self.error = error

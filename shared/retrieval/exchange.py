@@ -36,13 +36,23 @@ class SearchTimeout(Exception):
     """No worker responded within the wait."""
 
 
+class SearchUnavailable(Exception):
+    """The exchange's Redis cannot be reached, so no worker can get the search."""
+
+
 class SearchExchange(Protocol):
     def submit(self, request: dict[str, Any], ttl_s: float) -> str:
-        """Store ``request``; return its id. Blocking: call it from a thread."""
+        """Store ``request`` and return its id; blocking, so call it from a thread.
+
+        Raises SearchUnavailable when Redis cannot be reached.
+        """
         ...
 
     async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
-        """Return the worker's response; raise SearchTimeout when none came in time."""
+        """Return the worker's response.
+
+        Raises SearchTimeout when none came in time, SearchUnavailable when Redis failed.
+        """
         ...
 
     def take(self, request_id: str) -> dict[str, Any] | None:
@@ -74,16 +84,23 @@ class RedisSearchExchange:
     def submit(self, request: dict[str, Any], ttl_s: float) -> str:
         request_id = uuid.uuid4().hex
         ttl_ms = max(int(ttl_s * 1000), 1)
-        self._client.set(self._prefix + request_id, json.dumps(request), px=ttl_ms)
+        try:
+            self._client.set(self._prefix + request_id, json.dumps(request), px=ttl_ms)
+        except redis.RedisError as error:
+            raise SearchUnavailable(str(error)) from error
         return request_id
 
     async def wait(self, request_id: str, timeout_s: float) -> dict[str, Any]:
         client = self._async_client()
         key = self._prefix + request_id + ":response"
-        popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
+        try:
+            popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
+            if popped is None:
+                # The request may still sit in the queue, so drop it: no worker runs it.
+                await client.delete(self._prefix + request_id)
+        except redis.RedisError as error:
+            raise SearchUnavailable(str(error)) from error
         if popped is None:
-            # The request may still sit in the queue; drop it so no worker runs it.
-            await client.delete(self._prefix + request_id)
             raise SearchTimeout(request_id)
         response: dict[str, Any] = json.loads(popped[1])
         return response

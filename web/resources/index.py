@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import falcon
 import falcon.asgi
+import redis
 import structlog
 
 from shared.errors import UnavailableError
@@ -15,7 +16,7 @@ from shared.metrics import SEARCH_WAIT_SECONDS
 from shared.queues import RUN_SEARCH
 from shared.retrieval.embedders import DisabledEmbedder
 from shared.retrieval.errors import InvalidQueryError
-from shared.retrieval.exchange import SearchTimeout
+from shared.retrieval.exchange import SearchTimeout, SearchUnavailable
 from shared.retrieval.models import IndexAccepted, IndexRequest
 from shared.retrieval.search import MAX_LIMIT, SearchOptions, SearchService, check_query
 from shared.retrieval.service import index_status
@@ -86,13 +87,25 @@ class SearchResource:
 
         def submit() -> str:
             request_id = self._ctx.searches.submit(request, ttl_s=timeout_s)
-            self._ctx.enqueuer.send(RUN_SEARCH, request_id)
+            try:
+                self._ctx.enqueuer.send(RUN_SEARCH, request_id)
+            except redis.RedisError as error:
+                raise SearchUnavailable(str(error)) from error
             return request_id
 
-        request_id = await self._ctx.run(submit)
         started = time.monotonic()
         try:
+            request_id = await self._ctx.run(submit)
             response = await self._ctx.searches.wait(request_id, timeout_s)
+        except SearchUnavailable as error:
+            SEARCH_WAIT_SECONDS.labels(outcome="error").observe(time.monotonic() - started)
+            log.warning("search hand-over failed: Redis unreachable", error=str(error))
+            warning = (
+                f"the broker's Redis is unreachable ({error}), so no worker could run "
+                "the search and these are full-text results only"
+            )
+            resp.media = await self._full_text_only(query, options, warning)
+            return
         except SearchTimeout:
             SEARCH_WAIT_SECONDS.labels(outcome="timeout").observe(time.monotonic() - started)
             log.warning("search timed out waiting for a worker", timeout_s=timeout_s)
