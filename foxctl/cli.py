@@ -335,19 +335,22 @@ def cas() -> None:
 @click.option(
     "--older-than",
     required=True,
-    help="Delete unpinned, unreferenced artifacts last uploaded this long ago (24h).",
+    help=(
+        "Age such as 24h: unpinned, unreferenced artifacts last uploaded this long ago, "
+        "and stored bytes with no artifact row stored this long ago, are deleted."
+    ),
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option(
     "--max-delete",
     type=click.IntRange(min=1),
     default=None,
-    help="Delete at most this many artifacts.",
+    help="Delete at most this many artifacts and orphaned objects together.",
 )
 @click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
 @one_line_errors
 def cas_gc(older_than: str, dry_run: bool, max_delete: int | None, enqueue: bool) -> None:
-    """Delete artifacts that are unpinned, unreferenced and older than the cutoff."""
+    """Delete old unpinned, unreferenced artifacts, then stored bytes that have no row."""
     params: dict[str, Any] = {"older_than": older_than, "dry_run": dry_run}
     if max_delete is not None:
         params["max_delete"] = max_delete

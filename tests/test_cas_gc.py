@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -306,12 +307,18 @@ def test_gc_counts_store_failures(database: Database, store: FileArtifactStore) 
 
 
 class _PausingStore:
-    """Delegate to a real store; one method waits for the test, or fails, when called."""
+    """Delegate to a real store; one method waits for the test, or fails, when called.
 
-    def __init__(self, inner: FileArtifactStore, method: str, *, fail: bool = False) -> None:
+    With ``after``, the method runs first and waits before it returns.
+    """
+
+    def __init__(
+        self, inner: FileArtifactStore, method: str, *, fail: bool = False, after: bool = False
+    ) -> None:
         self.inner = inner
         self.method = method
         self.fail = fail
+        self.after = after
         self.entered = threading.Event()
         self.proceed = threading.Event()
 
@@ -323,9 +330,10 @@ class _PausingStore:
         def paused(*args: Any, **kwargs: Any) -> Any:
             if self.fail:
                 raise ArtifactStoreUnavailable("disk is gone")
+            result = original(*args, **kwargs) if self.after else None
             self.entered.set()
             assert self.proceed.wait(20), "the test never let the store go on"
-            return original(*args, **kwargs)
+            return result if self.after else original(*args, **kwargs)
 
         return paused
 
@@ -450,3 +458,174 @@ def test_gc_waits_for_new_reference(database: Database, store: FileArtifactStore
 
     assert report.deleted == 0
     assert store.exists(digest)
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+def _orphan(database: Database, store: FileArtifactStore, data: bytes, *, age_s: float) -> str:
+    """Upload ``data``, roll the transaction back after the bytes are published, age them."""
+    with pytest.raises(_Rollback), database.write() as db:
+        store_upload(db, store, [data])
+        raise _Rollback
+    digest = digest_of(data)
+    _age_bytes(store, digest, age_s)
+    return digest
+
+
+def _age_bytes(store: FileArtifactStore, digest: str, age_s: float) -> None:
+    stored_at = time.time() - age_s
+    os.utime(store.path_of(digest), (stored_at, stored_at))
+
+
+def _has_row(database: Database, digest: str) -> bool:
+    with database.read() as db:
+        try:
+            get_artifact(db, digest)
+        except ArtifactNotFound:
+            return False
+    return True
+
+
+def test_gc_deletes_old_orphan(database: Database, store: FileArtifactStore) -> None:
+    digest = _orphan(database, store, b"rolled back", age_s=2 * DAY_S)
+
+    report = _gc(database, store)
+
+    assert report.orphans_deleted == 1
+    assert report.orphans_deleted_bytes == 11
+    assert report.orphans_kept == 0
+    assert report.deleted == 0
+    assert store.exists(digest) is False
+    assert _has_row(database, digest) is False
+
+
+def test_gc_keeps_young_orphan(database: Database, store: FileArtifactStore) -> None:
+    digest = _orphan(database, store, b"rolled back", age_s=3600)
+
+    report = _gc(database, store)
+
+    assert report.orphans_deleted == 0
+    assert report.orphans_kept == 1
+    assert report.orphans_kept_bytes == 11
+    assert store.exists(digest)
+
+
+def test_orphan_pass_spares_digests_with_rows(database: Database, store: FileArtifactStore) -> None:
+    pinned = _old(database, store, b"pinned")
+    referenced = _old(database, store, b"referenced")
+    young = _upload(database, store, b"young row").artifact.digest
+    with database.write() as db:
+        pin_artifact(db, pinned)
+        add_reference(db, referenced, OwnerKind.message, "msg_1")
+    for digest in (pinned, referenced, young):
+        _age_bytes(store, digest, 2 * DAY_S)
+    orphan = _orphan(database, store, b"orphan", age_s=2 * DAY_S)
+
+    report = _gc(database, store)
+
+    assert report.deleted == 0
+    assert report.orphans_deleted == 1
+    assert store.exists(orphan) is False
+    for digest in (pinned, referenced, young):
+        assert store.exists(digest)
+        assert _has_row(database, digest)
+
+
+def test_gc_dry_run_keeps_orphans(database: Database, store: FileArtifactStore) -> None:
+    old = _orphan(database, store, b"old orphan", age_s=2 * DAY_S)
+    young = _orphan(database, store, b"young orphan", age_s=60)
+
+    report = _gc(database, store, dry_run=True)
+
+    assert report.orphans_deleted == 1
+    assert report.orphans_deleted_bytes == 10
+    assert report.orphans_kept == 1
+    assert store.exists(old)
+    assert store.exists(young)
+
+
+def test_gc_max_delete_counts_orphans(database: Database, store: FileArtifactStore) -> None:
+    for n in range(2):
+        _old(database, store, bytes([n]))
+    orphans = [_orphan(database, store, bytes([n]) * 2, age_s=2 * DAY_S) for n in range(2)]
+
+    report = _gc(database, store, max_delete=3)
+
+    assert report.deleted == 2
+    assert report.orphans_deleted == 1
+    assert sum(store.exists(digest) for digest in orphans) == 1
+
+
+def test_gc_counts_orphan_store_failures(database: Database, store: FileArtifactStore) -> None:
+    digest = _orphan(database, store, b"stuck orphan", age_s=2 * DAY_S)
+    failing = _PausingStore(store, "delete", fail=True)
+
+    report = _gc(database, failing)
+
+    assert report.orphans_failed == 1
+    assert report.orphans_deleted == 0
+    assert store.exists(digest)
+    assert _has_row(database, digest) is False
+
+
+def test_gc_report_lists_orphan_counts(database: Database, store: FileArtifactStore) -> None:
+    _orphan(database, store, b"rolled back", age_s=2 * DAY_S)
+
+    report = _gc(database, store).as_dict()
+
+    assert report["orphans_deleted"] == 1
+    assert report["orphans_deleted_bytes"] == 11
+    assert report["orphans_kept"] == 0
+    assert report["orphans_kept_bytes"] == 0
+    assert report["orphans_failed"] == 0
+
+
+def test_orphan_gc_first_then_upload_keeps_bytes(
+    database: Database, store: FileArtifactStore
+) -> None:
+    data = b"raced orphan" * 1000
+    digest = _orphan(database, store, data, age_s=2 * DAY_S)
+    pausing = _PausingStore(store, "delete")
+    gc = _Worker(lambda: _gc(database, pausing))
+    gc.start()
+    assert pausing.entered.wait(10)
+    upload = _Worker(lambda: _upload_now(database, store, data))
+    upload.start()
+    _wait_until_blocked(database)
+
+    pausing.proceed.set()
+    report = gc.outcome()
+    stored = upload.outcome()
+
+    assert report.orphans_deleted == 1
+    assert stored.created is True
+    assert b"".join(store.read(digest)) == data
+    assert _has_row(database, digest)
+
+
+def test_upload_first_then_orphan_gc_keeps_bytes(
+    database: Database, store: FileArtifactStore
+) -> None:
+    data = b"uncommitted upload" * 1000
+    digest = digest_of(data)
+    # The upload publishes its bytes, then waits before its transaction commits.
+    pausing = _PausingStore(store, "commit", after=True)
+    upload = _Worker(lambda: _upload_now(database, pausing, data))
+    upload.start()
+    assert pausing.entered.wait(10)
+    # With no age limit, only waiting for the upload's transaction keeps gc off the
+    # published bytes.
+    gc = _Worker(lambda: _gc(database, store, older_than_s=0))
+    gc.start()
+    _wait_until_blocked(database)
+
+    pausing.proceed.set()
+    stored = upload.outcome()
+    report = gc.outcome()
+
+    assert stored.created is True
+    assert report.orphans_deleted == 0
+    assert b"".join(store.read(digest)) == data
+    assert _has_row(database, digest)

@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,8 @@ def test_missing_digest(case: StoreCase) -> None:
         case.store.read(missing, 0, 10)
     with pytest.raises(ArtifactNotFound):
         case.store.size(missing)
+    with pytest.raises(ArtifactNotFound):
+        case.store.stat(missing)
 
 
 @pytest.mark.parametrize(
@@ -304,6 +307,8 @@ def test_invalid_digest_raises(case: StoreCase, value: str) -> None:
         case.store.size(value)
     with pytest.raises(InvalidDigest):
         case.store.delete(value)
+    with pytest.raises(InvalidDigest):
+        case.store.stat(value)
 
 
 def test_delete_removes_object(case: StoreCase) -> None:
@@ -338,6 +343,85 @@ def test_commit_after_delete_stores_again(case: StoreCase) -> None:
     assert created is True
     assert _read_all(case.store, digest) == data
     assert case.leftovers() == []
+
+
+def test_list_objects_in_batches(case: StoreCase) -> None:
+    digests = {put_object(case.store, [f"object {n}".encode()]).digest for n in range(5)}
+
+    batches = list(case.store.list_objects(batch_size=2))
+
+    assert [len(batch) for batch in batches] == [2, 2, 1]
+    listed = [stored.digest for batch in batches for stored in batch]
+    assert sorted(listed) == sorted(digests)
+
+
+def test_list_objects_reports_size_and_time(case: StoreCase) -> None:
+    # S3 reports LastModified in whole seconds, and Linux stamps files from a coarse
+    # clock that can lag datetime.now() by up to one timer tick.
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    data = _payload(MIB + 3)
+    digest = put_object(case.store, _chunks(data)).digest
+    after = datetime.now(UTC)
+
+    (batch,) = list(case.store.list_objects())
+    (stored,) = batch
+
+    assert stored.digest == digest
+    assert stored.size_bytes == len(data)
+    assert before <= stored.stored_at <= after
+    assert stored.stored_at.utcoffset() == timedelta(0)
+    assert case.store.stat(digest) == stored
+
+
+def test_list_objects_of_empty_store(case: StoreCase) -> None:
+    assert list(case.store.list_objects()) == []
+
+
+def test_list_objects_skips_staged_copy(case: StoreCase) -> None:
+    staged = case.store.stage([b"not committed yet"])
+
+    listed = list(case.store.list_objects())
+
+    case.store.discard(staged)
+    assert listed == []
+
+
+def test_commit_again_keeps_stored_at(case: StoreCase) -> None:
+    digest = put_object(case.store, [b"stored twice"]).digest
+    first = case.store.stat(digest)
+
+    again = put_object(case.store, [b"stored twice"])
+
+    assert again.created is False
+    assert case.store.stat(digest) == first
+
+
+def test_list_objects_rejects_zero_batch_size(case: StoreCase) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        list(case.store.list_objects(batch_size=0))
+
+
+def test_file_store_stored_at_is_commit_time(tmp_path: Path) -> None:
+    store = FileArtifactStore(tmp_path / "cas")
+    staged = store.stage([b"staged long ago"])
+    os.utime(staged.handle, (0, 0))
+    before = datetime.now(UTC) - timedelta(seconds=1)
+
+    store.commit(staged)
+
+    assert store.stat(staged.digest).stored_at >= before
+
+
+def test_file_store_listing_skips_stray_names(tmp_path: Path) -> None:
+    store = FileArtifactStore(tmp_path / "cas")
+    digest = put_object(store, [b"real"]).digest
+    (store.path_of(digest).parent / "notes.txt").write_text("not an object")
+    (tmp_path / "cas" / "sha256" / "README").write_text("not a fan-out directory")
+
+    listed = [stored.digest for batch in store.list_objects() for stored in batch]
+
+    assert listed == [digest]
+    assert list(store.list_digests()) == [digest]
 
 
 def test_s3_failed_part_aborts_multipart_upload(s3_client: Any, s3_bucket: str) -> None:

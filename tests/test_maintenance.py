@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from shared.cas.stores import FileArtifactStore, put_object
 from shared.db import Database
 from shared.errors import InvalidInputError
 from shared.jobs.catalog import record_job
@@ -155,3 +158,23 @@ def test_cli_cleanup_rejects_bad_duration(sqlite_env: dict[str, str]) -> None:
 
     assert result.returncode == 1
     assert "invalid duration 'soon'" in result.stderr
+
+
+def test_cli_cas_gc_reports_orphans(sqlite_env: dict[str, str]) -> None:
+    assert run_cli(["migrate"], sqlite_env).returncode == 0
+    store = FileArtifactStore(Path(sqlite_env["FOXCTL_STORAGE_ROOT"]) / "cas")
+    digest = put_object(store, [b"bytes with no row"]).digest
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(store.path_of(digest), (two_days_ago, two_days_ago))
+
+    dry = run_cli(["cas", "gc", "--older-than", "24h", "--dry-run"], sqlite_env)
+    real = run_cli(["cas", "gc", "--older-than", "24h"], sqlite_env)
+
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["orphans_deleted"] == 1
+    assert real.returncode == 0, real.stderr
+    report = json.loads(real.stdout)
+    assert report["orphans_deleted"] == 1
+    assert report["orphans_deleted_bytes"] == 17
+    assert report["orphans_failed"] == 0
+    assert store.exists(digest) is False

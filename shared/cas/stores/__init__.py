@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.cas.stores.base import ArtifactStore, PutResult, StagedObject, put_object
+from shared.cas.stores.base import (
+    ArtifactStore,
+    PutResult,
+    StagedObject,
+    StoredObject,
+    put_object,
+)
 from shared.cas.stores.file import FileArtifactStore
 from shared.cas.stores.s3 import S3ArtifactStore, make_s3_client
 from shared.cas.stores.sqlite import SqliteArtifactStore
@@ -38,6 +44,7 @@ __all__ = [
     "S3ArtifactStore",
     "SqliteArtifactStore",
     "StagedObject",
+    "StoredObject",
     "TracedArtifactStore",
     "make_artifact_store",
     "make_s3_client",

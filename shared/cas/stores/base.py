@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from shared.cas.digests import check_digest
@@ -17,6 +18,8 @@ from shared.cas.errors import InvalidRange
 
 #: Size of the chunks that reads yield and local stores write.
 CHUNK_BYTES = 1024 * 1024
+#: Default number of objects per batch that ``list_objects`` yields.
+LIST_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -35,6 +38,17 @@ class PutResult:
     size_bytes: int
     # False when the store already held the digest and kept its copy.
     created: bool
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object visible under its digest."""
+
+    digest: str
+    size_bytes: int
+    # When the object became visible under its digest (UTC). The file store uses the
+    # file's mtime, which commit sets. An object committed again keeps its first time.
+    stored_at: datetime
 
 
 class ArtifactStore(Protocol):
@@ -79,8 +93,21 @@ class ArtifactStore(Protocol):
         """Delete the object; False when there was none."""
         ...
 
+    def stat(self, digest: str) -> StoredObject:
+        """Return the object's size and time of storage; raise ArtifactNotFound when absent."""
+        ...
+
     def list_digests(self) -> Iterator[str]:
         """Yield the digest of every stored object, in no particular order."""
+        ...
+
+    def list_objects(self, batch_size: int = LIST_BATCH_SIZE) -> Iterator[list[StoredObject]]:
+        """Yield every stored object in batches of at most ``batch_size``, in no set order.
+
+        Holds one batch in memory at a time, plus for the file store one fan-out
+        directory's names. Objects stored or deleted while the listing runs may or may
+        not appear in it. Staged copies never appear.
+        """
         ...
 
 
@@ -109,6 +136,24 @@ def check_range(digest: str, start: int, end: int | None, size_bytes: int) -> in
             size_bytes=size_bytes,
         )
     return size_bytes if end is None else min(end, size_bytes)
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    return batch_size
+
+
+def batched(items: Iterable[StoredObject], batch_size: int) -> Iterator[list[StoredObject]]:
+    """Group ``items`` into lists of ``batch_size`` (the last may be shorter, none empty)."""
+    batch: list[StoredObject] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def is_whole(start: int, end: int | None) -> bool:

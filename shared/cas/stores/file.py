@@ -11,12 +11,23 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from shared.cas.digests import check_digest, format_digest, hex_of, parse_digest
-from shared.cas.errors import ArtifactNotFound, ArtifactStoreUnavailable
-from shared.cas.stores.base import CHUNK_BYTES, StagedObject, check_range, is_whole, verified
+from shared.cas.errors import ArtifactNotFound, ArtifactStoreUnavailable, InvalidDigest
+from shared.cas.stores.base import (
+    CHUNK_BYTES,
+    LIST_BATCH_SIZE,
+    StagedObject,
+    StoredObject,
+    batched,
+    check_batch_size,
+    check_range,
+    is_whole,
+    verified,
+)
 
 
 class FileArtifactStore:
@@ -50,6 +61,9 @@ class FileArtifactStore:
         final = self.path_of(staged.digest)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            # The link shares the staged file's inode, so this mtime becomes the
+            # object's time of storage, which orphan gc measures age from.
+            os.utime(staged_path)
             # A hard link creates the name only if it is free, so two writers of one
             # digest cannot both report created, and a reader never sees a partial file.
             os.link(staged_path, final)
@@ -102,12 +116,62 @@ class FileArtifactStore:
             raise _unavailable(error) from error
         return True
 
+    def stat(self, digest: str) -> StoredObject:
+        path = self.path_of(digest)
+        try:
+            status = path.stat()
+        except FileNotFoundError as error:
+            raise _not_found(digest) from error
+        except OSError as error:
+            raise _unavailable(error) from error
+        return _stored_object(digest, status)
+
     def list_digests(self) -> Iterator[str]:
-        if not self._objects.is_dir():
-            return
-        for fan_out in sorted(self._objects.iterdir()):
-            for path in sorted(fan_out.iterdir()):
-                yield parse_digest(f"sha256:{path.name}")
+        for digest, _path in self._walk():
+            yield digest
+
+    def list_objects(self, batch_size: int = LIST_BATCH_SIZE) -> Iterator[list[StoredObject]]:
+        check_batch_size(batch_size)
+        return batched(self._stat_all(), batch_size)
+
+    def _stat_all(self) -> Iterator[StoredObject]:
+        for digest, path in self._walk():
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                continue  # deleted since the directory was read
+            except OSError as error:
+                raise _unavailable(error) from error
+            yield _stored_object(digest, status)
+
+    def _walk(self) -> Iterator[tuple[str, Path]]:
+        """Yield each object's digest and path, one fan-out directory in memory at a time.
+
+        Names that are not a digest (an editor's backup, a stray file) are skipped.
+        """
+        with _store_errors():
+            if not self._objects.is_dir():
+                return
+            fan_outs = sorted(entry for entry in self._objects.iterdir() if entry.is_dir())
+        for fan_out in fan_outs:
+            with _store_errors():
+                paths = sorted(fan_out.iterdir())
+            for path in paths:
+                digest = _digest_from_name(path.name)
+                if digest is not None:
+                    yield digest, path
+
+
+def _digest_from_name(name: str) -> str | None:
+    try:
+        return parse_digest(f"sha256:{name}")
+    except InvalidDigest:
+        return None
+
+
+def _stored_object(digest: str, status: os.stat_result) -> StoredObject:
+    stored_at = datetime.fromtimestamp(status.st_mtime, UTC)
+    return StoredObject(digest=digest, size_bytes=status.st_size, stored_at=stored_at)
 
 
 def _write_hashed(output: BinaryIO, chunks: Iterable[bytes]) -> tuple[str, int]:

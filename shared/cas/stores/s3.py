@@ -44,7 +44,16 @@ from shared.cas.errors import (
     InvalidDigest,
     InvalidRange,
 )
-from shared.cas.stores.base import CHUNK_BYTES, StagedObject, check_range, is_whole, verified
+from shared.cas.stores.base import (
+    CHUNK_BYTES,
+    LIST_BATCH_SIZE,
+    StagedObject,
+    StoredObject,
+    check_batch_size,
+    check_range,
+    is_whole,
+    verified,
+)
 from shared.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -161,10 +170,18 @@ class S3ArtifactStore:
         return True
 
     def size(self, digest: str) -> int:
+        return self.stat(digest).size_bytes
+
+    def stat(self, digest: str) -> StoredObject:
         key = self.key_of(digest)
         with _s3_errors(digest):
             response = self.client.head_object(Bucket=self.bucket, Key=key)
-        return int(response["ContentLength"])
+        # LastModified is when commit's copy wrote the digest's key.
+        return StoredObject(
+            digest=digest,
+            size_bytes=int(response["ContentLength"]),
+            stored_at=response["LastModified"],
+        )
 
     def delete(self, digest: str) -> bool:
         if not self.exists(digest):
@@ -174,13 +191,30 @@ class S3ArtifactStore:
         return True
 
     def list_digests(self) -> Iterator[str]:
+        for batch in self.list_objects():
+            for stored in batch:
+                yield stored.digest
+
+    def list_objects(self, batch_size: int = LIST_BATCH_SIZE) -> Iterator[list[StoredObject]]:
+        # A page contains at most 1000 keys (the S3 limit on MaxKeys), so a larger
+        # batch_size gives batches of 1000.
+        check_batch_size(batch_size)
         paginator = self.client.get_paginator("list_objects_v2")
-        with _s3_errors():
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
-                for item in page.get("Contents", []):
-                    digest = _digest_from_key(str(item["Key"]))
-                    if digest is not None:
-                        yield digest
+        pages = iter(
+            paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=f"{self.prefix}sha256/",
+                PaginationConfig={"PageSize": batch_size},
+            )
+        )
+        while True:
+            with _s3_errors():
+                page = next(pages, None)
+            if page is None:
+                return
+            batch = _stored_objects(page.get("Contents", []))
+            if batch:
+                yield batch
 
     def _upload_verified(self, spool: IO[bytes], digest: str) -> str:
         """Upload the spool to a new temporary key and check it hashes to ``digest``."""
@@ -284,6 +318,20 @@ def _iter_body(body: Any) -> Iterator[bytes]:
             yield from body.iter_chunks(CHUNK_BYTES)
     finally:
         body.close()
+
+
+def _stored_objects(contents: list[dict[str, Any]]) -> list[StoredObject]:
+    """Turn a listing page into objects, skipping keys that do not end in a digest."""
+    batch = []
+    for item in contents:
+        digest = _digest_from_key(str(item["Key"]))
+        if digest is not None:
+            batch.append(
+                StoredObject(
+                    digest=digest, size_bytes=int(item["Size"]), stored_at=item["LastModified"]
+                )
+            )
+    return batch
 
 
 def _digest_from_key(key: str) -> str | None:

@@ -16,13 +16,17 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.cas.digests import check_digest, format_digest, parse_digest
 from shared.cas.errors import ArtifactNotFound, ArtifactStoreUnavailable
 from shared.cas.stores.base import (
     CHUNK_BYTES,
+    LIST_BATCH_SIZE,
     StagedObject,
+    StoredObject,
+    check_batch_size,
     check_range,
     is_whole,
     rechunk,
@@ -33,6 +37,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     digest TEXT PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
+    -- Seconds since the epoch when commit published the object.
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS chunks (
@@ -110,11 +115,37 @@ class SqliteArtifactStore:
         with closing(self._open()) as connection, _store_errors():
             return _delete_object(connection, digest)
 
-    def list_digests(self) -> Iterator[str]:
+    def stat(self, digest: str) -> StoredObject:
+        parse_digest(digest)
         with closing(self._open()) as connection, _store_errors():
-            rows = connection.execute("SELECT digest FROM objects ORDER BY digest").fetchall()
-        for (digest,) in rows:
-            yield digest
+            row = connection.execute(
+                "SELECT digest, size_bytes, created_at FROM objects WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None:
+            raise ArtifactNotFound(f"artifact {digest} not found", digest=digest)
+        return _stored_object(row)
+
+    def list_digests(self) -> Iterator[str]:
+        for batch in self.list_objects():
+            for stored in batch:
+                yield stored.digest
+
+    def list_objects(self, batch_size: int = LIST_BATCH_SIZE) -> Iterator[list[StoredObject]]:
+        check_batch_size(batch_size)
+        after = ""
+        while True:
+            # One short query per batch, keyed on the last digest, so no read
+            # transaction stays open (and holds back WAL checkpoints) between batches.
+            with closing(self._open()) as connection, _store_errors():
+                rows = connection.execute(
+                    "SELECT digest, size_bytes, created_at FROM objects WHERE digest > ? "
+                    "ORDER BY digest LIMIT ?",
+                    (after, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            yield [_stored_object(row) for row in rows]
+            after = rows[-1][0]
 
     def _open(self) -> sqlite3.Connection:
         with _store_errors():
@@ -133,6 +164,12 @@ class SqliteArtifactStore:
         if row is None:
             raise ArtifactNotFound(f"artifact {digest} not found", digest=digest)
         return int(row[0])
+
+
+def _stored_object(row: tuple[str, int, float]) -> StoredObject:
+    digest, size_bytes, created_at = row
+    stored_at = datetime.fromtimestamp(created_at, UTC)
+    return StoredObject(digest=digest, size_bytes=int(size_bytes), stored_at=stored_at)
 
 
 def _insert_chunk(connection: sqlite3.Connection, key: str, seq: int, data: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from shared import telemetry
-from shared.cas.stores.base import ArtifactStore, StagedObject
+from shared.cas.stores.base import LIST_BATCH_SIZE, ArtifactStore, StagedObject, StoredObject
 from shared.metrics import CAS_BYTES
 
 
@@ -52,8 +52,15 @@ class TracedArtifactStore:
         with telemetry.span("cas delete", self._attributes(digest)):
             return self.inner.delete(digest)
 
+    def stat(self, digest: str) -> StoredObject:
+        with telemetry.span("cas stat", self._attributes(digest)):
+            return self.inner.stat(digest)
+
     def list_digests(self) -> Iterator[str]:
         return self.inner.list_digests()
+
+    def list_objects(self, batch_size: int = LIST_BATCH_SIZE) -> Iterator[list[StoredObject]]:
+        return self.inner.list_objects(batch_size)
 
     def _attributes(self, digest: str) -> dict[str, str]:
         return {"foxctl.cas.driver": self._driver, "foxctl.cas.digest": digest}
