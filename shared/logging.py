@@ -60,7 +60,11 @@ def configure_logging(settings: Settings, *, process: str, stream: TextIO | None
         renderer = structlog.processors.JSONRenderer()
         shared_processors.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # The plain traceback: structlog's default with rich installed prints every
+        # frame's local variables, which can hold tokens and secrets.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
         processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -80,3 +80,37 @@ def test_logs_carry_ids_and_no_secrets(
     assert "request_id" in accepted_line
     assert succeeded_line["trace_id"] == accepted_line["trace_id"]
     assert succeeded_line["span_id"] != accepted_line["span_id"]
+
+
+def test_console_traceback_hides_locals(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = """
+import logging
+from shared.logging import configure_logging
+from shared.settings import load_settings
+
+configure_logging(load_settings({"FOXCTL_LOG_FORMAT": "console"}), process="test")
+
+def handle(token):
+    raise RuntimeError("boom")
+
+try:
+    handle("fox_planted-token-0c4d")
+except RuntimeError:
+    logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={"FOXCTL_STORAGE_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeError: boom" in result.stdout
+    assert 'line 9, in handle' in result.stdout
+    assert "fox_planted-token-0c4d" not in result.stdout + result.stderr
