@@ -112,5 +112,5 @@ except RuntimeError:
 
     assert result.returncode == 0, result.stderr
     assert "RuntimeError: boom" in result.stdout
-    assert 'line 9, in handle' in result.stdout
+    assert "line 9, in handle" in result.stdout
     assert "fox_planted-token-0c4d" not in result.stdout + result.stderr
