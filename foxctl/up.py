@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 import structlog
@@ -83,6 +86,13 @@ def run_up(
         automation.stop()
         _stop_worker(worker, settings)
         shutdown_tracing()
+    # A worker thread still in native code when the stop timeout ran out (loading the
+    # embedding model, say) makes the interpreter abort during its exit (SIGABRT from
+    # the C++ runtime), so end the process here, after the logs are flushed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _start_worker(settings: Settings, threads: int, publisher: EventPublisher) -> Worker:

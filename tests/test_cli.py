@@ -297,3 +297,27 @@ def test_up_search_runs_on_its_in_process_worker(up_env: dict[str, str], tmp_pat
     # The in-process worker embedded the query; the web side only handed it over.
     assert searched == ["\nschedule_retry"]
     assert code == 0
+
+
+def test_up_sigterm_ends_sse_streams_promptly(up_env: dict[str, str], tmp_path: Path) -> None:
+    up, url = start_up(up_env, tmp_path)
+    httpx.post(f"{url}/api/agents", json={"name": "local", "role": "coder"})
+    session_id = httpx.post(f"{url}/api/sessions", json={"agent_id": "local"}).json()["id"]
+
+    with httpx.stream("GET", f"{url}/api/sessions/{session_id}/events", timeout=60) as stream:
+        lines = stream.iter_lines()
+        httpx.post(f"{url}/api/sessions/{session_id}/messages", json={"content": "hi"})
+        next(lines)
+        started = time.monotonic()
+        up.popen.terminate()
+        for _ in lines:
+            pass
+    ended_s = time.monotonic() - started
+    code = up.popen.wait(60)
+    up.terminate()
+
+    # Without draining on SIGTERM, uvicorn keeps the stream open until its graceful
+    # timeout (25 s) and then cancels it with a traceback.
+    assert ended_s < 5, up.output()
+    assert code == 0
+    assert "Exception in ASGI application" not in up.output()

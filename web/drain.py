@@ -5,6 +5,10 @@ process notices the file within ``poll_s`` seconds. Each rewrites
 ``<run_dir>/inflight-<pid>`` on every poll with its state (serving or draining) and its
 count of in-flight requests, so ``foxctl drain`` can wait until every process drains
 and reaches zero.
+
+SIGTERM and SIGINT start draining too, before the server's own handler runs. The server
+then waits for open connections, and SSE streams, which end when draining begins,
+would otherwise hold it until the graceful timeout.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -40,13 +48,17 @@ class DrainState:
         self._started_at = 0.0
         #: Set when draining begins, so open WebSockets can close without polling.
         self.began = asyncio.Event()
+        self._previous_handlers: dict[signal.Signals, Any] = {}
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._started_at = time.time()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch())
+        self._chain_signals(loop)
 
     async def stop(self) -> None:
+        self._unchain_signals()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,6 +71,33 @@ class DrainState:
             self.draining = True
             self.began.set()
             log.info("draining started", reason=reason)
+
+    def _chain_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin draining on SIGTERM and SIGINT, then call the handler installed before."""
+        # Python sets signal handlers only in the main thread; test clients may run
+        # the app elsewhere, where the server's own handling is all there is.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            self._previous_handlers[signum] = previous
+
+            def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    loop.call_soon_threadsafe(self.begin, signal.Signals(number).name)
+                if callable(previous):
+                    previous(number, frame)
+                elif previous == signal.SIG_DFL:
+                    signal.signal(number, signal.SIG_DFL)
+                    os.kill(os.getpid(), number)
+
+            signal.signal(signum, handler)
+
+    def _unchain_signals(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
 
     def _drain_requested(self, marker: Path) -> bool:
         # A file older than this process is left from before a container restart (an
