@@ -45,9 +45,21 @@ def one_line_errors(function: F) -> F:
         except (SettingsError, FoxctlError) as error:
             fail(str(error))
         except httpx.HTTPError as error:
-            fail(f"request to the foxctl API failed: {error}")
+            url = error.request.url if _has_request(error) else "the foxctl API"
+            fail(
+                f"request to {url} failed: {error or type(error).__name__}; check that "
+                "foxctl is running there, or set FOXCTL_API_URL to its address"
+            )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _has_request(error: httpx.HTTPError) -> bool:
+    try:
+        error.request  # noqa: B018 - raises RuntimeError when the error has no request
+    except RuntimeError:
+        return False
+    return True
 
 
 def settings_from_env() -> Settings:

@@ -18,15 +18,25 @@ class ApiError(FoxctlError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout_s: float = 10.0,
+        search_timeout_s: float = 30.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        self._search_timeout_s = search_timeout_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
         url = settings.api_url or f"http://127.0.0.1:{settings.port}"
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        return cls(url, token)
+        # The server waits up to FOXCTL_SEARCH_TIMEOUT_S for a worker and then still
+        # answers from full text, so wait longer than that.
+        return cls(url, token, search_timeout_s=settings.search_timeout_s + 20)
 
     def post_message(self, session_id: str, text: str) -> dict[str, Any]:
         return self._call("POST", f"/api/sessions/{session_id}/messages", json={"content": text})
@@ -59,7 +69,8 @@ class ApiClient:
 
     def search(self, query: str, **params: Any) -> dict[str, Any]:
         given = {key: value for key, value in params.items() if value is not None}
-        return self._call("GET", "/api/search", params={"q": query, **given})
+        params = {"q": query, **given}
+        return self._call("GET", "/api/search", params=params, timeout=self._search_timeout_s)
 
     def reply_text(self, session_id: str, turn: dict[str, Any]) -> str:
         cursor: str | None = None
@@ -79,7 +90,13 @@ class ApiClient:
             try:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise ApiError(f"{method} {path} failed with HTTP {response.status_code}: {message}")
+                # One line: an HTML error page from a proxy spans many.
+                message = " ".join(response.text.split())[:200]
+            hint = ""
+            if response.status_code == 401:
+                hint = " (set FOXCTL_API_TOKEN to a token from `foxctl tokens create --name NAME`)"
+            raise ApiError(
+                f"{method} {path} failed with HTTP {response.status_code}: {message}{hint}"
+            )
         body: dict[str, Any] = response.json()
         return body

@@ -321,3 +321,39 @@ def test_up_sigterm_ends_sse_streams_promptly(up_env: dict[str, str], tmp_path: 
     assert ended_s < 5, up.output()
     assert code == 0
     assert "Exception in ASGI application" not in up.output()
+
+
+def test_cli_unauthorized_names_token_variable(sqlite_env: dict[str, str]) -> None:
+    from tests.fakes.scripted_http import ScriptedServer, json_response
+
+    server = ScriptedServer().start()
+    server.push(
+        json_response(
+            {"error": {"code": "unauthorized", "message": "missing bearer token"}}, status=401
+        )
+    )
+    try:
+        result = run_cli(["search", "retry"], {**sqlite_env, "FOXCTL_API_URL": server.base_url})
+    finally:
+        server.stop()
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "HTTP 401: missing bearer token" in result.stderr
+    assert "set FOXCTL_API_TOKEN" in result.stderr
+
+
+def test_cli_html_error_page_stays_one_line(sqlite_env: dict[str, str]) -> None:
+    from tests.fakes.scripted_http import ScriptedServer, raw_response
+
+    server = ScriptedServer().start()
+    page = b"<html>\n  <body>\n    <h1>502 Bad Gateway</h1>\n  </body>\n</html>\n"
+    server.push(raw_response(page, status=502, content_type="text/html"))
+    try:
+        result = run_cli(["search", "retry"], {**sqlite_env, "FOXCTL_API_URL": server.base_url})
+    finally:
+        server.stop()
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "HTTP 502: <html> <body> <h1>502 Bad Gateway</h1>" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from shared.db import Database, make_engine
 from shared.metrics import EMBEDDING_CHUNKS, SEARCH_REQUESTS
 from shared.migrate import upgrade
 from shared.queues import EMBED_CHUNKS, EMBEDDINGS, INDEX_WORKSPACE, RUN_SEARCH, SEARCH, Enqueuer
-from shared.retrieval.embedders import make_embedder
+from shared.retrieval.embedders import LocalEmbedder, make_embedder
 from shared.retrieval.errors import VectorSupportMissingError
 from shared.retrieval.models import SearchResults
 from shared.retrieval.search import SearchOptions
@@ -372,5 +373,33 @@ def test_search_cli_reports_unreachable_api(monkeypatch: pytest.MonkeyPatch) -> 
     result = CliRunner().invoke(main, ["search", "retry backoff"])
 
     assert result.exit_code == 1
-    assert result.output.startswith("foxctl: error: request to the foxctl API failed")
+    assert result.output.startswith("foxctl: error: request to http://127.0.0.1:9/api/search")
+    assert "set FOXCTL_API_URL" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+class RecordingLocalEmbedder(LocalEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+        self.called = threading.Event()
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        self.calls.append(texts)
+        self.called.set()
+        return [[1.0, 0.0] for _ in texts]
+
+
+def test_warm_up_loads_only_the_local_model(
+    index_settings: Settings, fake_embeddings: FakeEmbeddingServer
+) -> None:
+    local = RecordingLocalEmbedder()
+    remote = make_embedder(index_settings)
+
+    IndexWorker(index_settings, None, local, None).warm_up()  # type: ignore[arg-type]
+    IndexWorker(index_settings, None, remote, None).warm_up()  # type: ignore[arg-type]
+
+    assert local.called.wait(5)
+    assert local.calls == [["warm-up"]]
+    # A provider behind HTTP is not called before the first batch or search.
+    assert fake_embeddings.requests == []

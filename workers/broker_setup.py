@@ -14,7 +14,7 @@ from dramatiq.worker import Worker
 
 from shared.broker import make_broker
 from shared.logging import configure_logging
-from shared.queues import ALL_QUEUES, TURNS
+from shared.queues import ALL_QUEUES, EMBEDDINGS, SEARCH, TURNS
 from shared.telemetry import configure_tracing, shutdown_tracing
 from workers import metrics_server, runtime
 
@@ -33,6 +33,8 @@ class RuntimeMiddleware(Middleware):
         queues = worker.consumer_whitelist
         if queues is None or TURNS in queues:
             runtime.current().reconciler.start()
+        if queues is None or {SEARCH, EMBEDDINGS} & set(queues):
+            runtime.current().indexer.warm_up()
         runtime.current().heartbeat.start()
         metrics_server.start(runtime.settings(), broker, runtime.current().db)
         log.info("worker started", queues=sorted(queues or ALL_QUEUES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import structlog
@@ -11,7 +12,7 @@ from shared import telemetry
 from shared.db import Database
 from shared.metrics import EMBEDDING_CHUNKS
 from shared.queues import EMBED_CHUNKS, Enqueuer
-from shared.retrieval.embedders import DisabledEmbedder, Embedder
+from shared.retrieval.embedders import DisabledEmbedder, Embedder, LocalEmbedder
 from shared.retrieval.errors import EmbeddingError
 from shared.retrieval.service import (
     EmbedReport,
@@ -45,6 +46,26 @@ class IndexWorker:
     @property
     def enabled(self) -> bool:
         return not isinstance(self._embedder, DisabledEmbedder)
+
+    def warm_up(self) -> None:
+        """Load the local model now, so that the first search does not wait for it.
+
+        Runs in a background thread of processes that embed; a failure is logged, and
+        the first real call reports it again.
+        """
+        if not isinstance(self._embedder, LocalEmbedder):
+            return
+
+        def load() -> None:
+            started = time.monotonic()
+            try:
+                self._embedder.embed(["warm-up"])
+            except EmbeddingError as error:
+                log.warning("embedding model failed to load", error=error.message)
+                return
+            log.info("embedding model loaded", seconds=round(time.monotonic() - started, 1))
+
+        threading.Thread(target=load, name="embedding-warm-up", daemon=True).start()
 
     def index(self, params: dict[str, Any]) -> IndexReport:
         """Chunk new and changed files, drop deleted ones, enqueue embedding batches."""

@@ -127,6 +127,9 @@ class ScriptedServer(LoopbackServer):
                     # The client closed the connection, for example after its own timeout.
                     return
 
+            # GET requests carry no body, so the same code serves them.
+            do_GET = do_POST
+
             def _send(self, response: ScriptedResponse) -> None:
                 if server._stopping.wait(response.delay_s):
                     return

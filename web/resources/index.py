@@ -111,8 +111,9 @@ class SearchResource:
             log.warning("search timed out waiting for a worker", timeout_s=timeout_s)
             warning = (
                 f"no worker responded within {timeout_s:g} s (FOXCTL_SEARCH_TIMEOUT_S), so "
-                "these are full-text results only; check that a worker consumes the "
-                "search queue, as `foxctl worker --queues embeddings --queues search` does"
+                "these are full-text results only; the workers on the search queue are "
+                "busy or still loading the embedding model, or none consumes the queue "
+                "(start one with `foxctl worker --queues embeddings --queues search`)"
             )
             resp.media = await self._full_text_only(query, options, warning)
             return
