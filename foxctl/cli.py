@@ -578,7 +578,9 @@ def send(session: str, text: str, wait: bool, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--full", is_flag=True, help="Re-chunk and re-embed every file, not only changes.")
+@click.option(
+    "--full", is_flag=True, help="Chunk every file and embed every chunk again, not only changes."
+)
 @click.option("--watch", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to follow.")
 @one_line_errors
@@ -596,7 +598,9 @@ def index(full: bool, watch: bool, timeout: float) -> None:
 
 @main.command()
 @click.argument("query")
-@click.option("--limit", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=5, show_default=True, help="Hits to print."
+)
 @click.option("--path-prefix", default=None, help="Only files whose path starts with this.")
 @click.option("--rerank/--no-rerank", default=None, help="Override the configured reranking.")
 @one_line_errors
@@ -609,7 +613,9 @@ def search(query: str, limit: int, path_prefix: str | None, rerank: bool | None)
     results = client.search(query, limit=limit, path_prefix=path_prefix, rerank=rerank_param)
     for warning in results.get("warnings", []):
         click.echo(f"foxctl: warning: {warning}", err=True)
-    if not results["items"]:
+    if not results["items"] and path_prefix:
+        click.echo(f"no results under {path_prefix!r}; check the prefix", err=True)
+    elif not results["items"]:
         click.echo("no results; is the workspace indexed? (foxctl index --watch)", err=True)
     for hit in results["items"]:
         first_line = hit["snippet"].strip().splitlines()[0] if hit["snippet"].strip() else ""

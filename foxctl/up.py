@@ -155,8 +155,10 @@ def _print_welcome(settings: Settings, session_id: str | None) -> None:
         f"embedding provider {settings.embedding_provider}",
     ]
     if session_id:
+        # uv sets UV for the commands it runs; foxctl is then on uv's path, not the shell's.
+        command = "uv run foxctl" if os.environ.get("UV") else "foxctl"
         lines.append(
-            f'Ask something:  foxctl send {session_id} "What does this project do?" --wait'
+            f'Ask something:  {command} send {session_id} "What does this project do?" --wait'
         )
     lines.append("Stop with Ctrl-C.")
     print("\n".join(lines), flush=True)

@@ -479,3 +479,21 @@ def test_context_injection_waits_for_complete_index(
     assert while_pending[0].score > 1
     assert complete[0].path == "pkg/store.py"
     assert complete[0].score <= round(2 / 61, 6)
+
+
+def test_full_reindex_embeds_every_chunk_again(
+    database: Database, tree: Path, fake_embeddings: FakeEmbeddingServer, sleeps: list[float]
+) -> None:
+    pipeline = Pipeline(database, tree, make_embedder(fake_embeddings, sleeps))
+    pipeline.run()
+    total = len(chunk_rows(database))
+    fake_embeddings.inputs.clear()
+
+    report = pipeline.run(full=True)
+
+    # Same model, same text: only a full index embeds anything, and then all of it.
+    assert not report.model_changed
+    assert report.chunks_reused == 0
+    assert len(fake_embeddings.inputs) == total
+    assert index_status(database).pending == 0
+    assert index_status(database).embedded == total

@@ -403,3 +403,26 @@ def test_warm_up_loads_only_the_local_model(
     assert local.calls == [["warm-up"]]
     # A provider behind HTTP is not called before the first batch or search.
     assert fake_embeddings.requests == []
+
+
+def test_empty_query_names_the_parameter(harness: Harness) -> None:
+    result = harness.call("GET", "/api/search", params={"q": "  "})
+
+    assert result.status_code == 422
+    assert result.json["error"]["code"] == "invalid_query"
+    assert result.json["error"]["details"] == {"parameter": "q"}
+
+
+def test_rerank_without_reranker_warns(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+
+    with SearchQueueThread(harness):
+        result = harness.call("GET", "/api/search", params={"q": "save_record", "rerank": "true"})
+
+    assert result.status_code == 200
+    assert result.json["reranked"] is False
+    assert result.json["warnings"] == [
+        "rerank=true was requested, but no reranker is configured "
+        "(FOXCTL_RERANK_PROVIDER=none), so the results are not reranked"
+    ]

@@ -131,10 +131,18 @@ class SearchService:
             mode = f"hybrid:{mode}"
 
         reranked = False
+        warnings: list[str] = []
         if want_rerank and fused:
             fused, reranked = self._rerank(query, fused)
+        elif options.rerank and self._reranker is None:
+            warnings.append(
+                "rerank=true was requested, but no reranker is configured "
+                "(FOXCTL_RERANK_PROVIDER=none), so the results are not reranked"
+            )
         items = self._hits(fused, options.limit)
-        return SearchResults(query=query, items=items, mode=mode, reranked=reranked)
+        return SearchResults(
+            query=query, items=items, mode=mode, reranked=reranked, warnings=warnings
+        )
 
     def is_complete(self) -> bool:
         """Tell whether the index has chunks and, with an embedder, none left to embed."""

@@ -75,27 +75,34 @@ def embedding_input(path: str, text: str) -> str:
     return f"{path}\n{text}"
 
 
-def switch_space(db: Database, model: str) -> bool:
+def switch_space(db: Database, model: str, *, clear: bool = False) -> bool:
     """Make ``model`` the index's embedding space; return whether it changed.
 
     A change clears every stored vector, so that vectors of two models never mix and
-    every chunk is embedded again.
+    every chunk is embedded again. ``clear`` does the same for an unchanged model, such
+    as one that a provider updated under the same name.
     """
     with db.write() as session:
         space = _space(session)
-        if space.model == model:
+        if space.model == model and not clear:
             return False
-        log.info(
-            "embedding model changed; every chunk will be embedded again",
-            old_model=space.model,
-            new_model=model,
-        )
+        if space.model is None:
+            log.info("embedding model set", model=model)
+        elif space.model != model:
+            log.info(
+                "embedding model changed; every chunk will be embedded again",
+                old_model=space.model,
+                new_model=model,
+            )
+        else:
+            log.info("full index: every chunk will be embedded again", model=model)
+        changed = space.model != model
         space.model = model
         space.dimension = None
         session.add(space)
         session.execute(update(Chunk).values(model=None, dimension=None, embedding=None))
         _clear_vector_column(session)
-        return True
+        return changed
 
 
 def index_workspace(
@@ -110,13 +117,14 @@ def index_workspace(
 ) -> IndexReport:
     """Bring the chunks in step with the files under ``root``; send pending batches.
 
-    Only new and changed files are chunked again (all of them when ``full``). A chunk
-    whose text is unchanged keeps its vector; chunks of deleted files are removed.
+    Only new and changed files are chunked again, and a chunk whose text is unchanged
+    keeps its vector. ``full`` chunks every file and embeds every chunk again. Chunks of
+    deleted files are removed.
     ``model`` None means no embedder: chunks serve full-text search only.
     """
     report = IndexReport(model=model)
     if model is not None:
-        report.model_changed = switch_space(db, model)
+        report.model_changed = switch_space(db, model, clear=full)
 
     with db.read() as session:
         known = {row.path: row.content_sha256 for row in session.exec(select(IndexedFile))}

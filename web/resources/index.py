@@ -21,6 +21,7 @@ from shared.retrieval.models import IndexAccepted, IndexRequest
 from shared.retrieval.search import MAX_LIMIT, SearchOptions, SearchService, check_query
 from shared.retrieval.service import index_status
 from web.context import WebContext
+from web.errors import ApiError
 from web.http import invalid_query, query_int, read_model
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,12 @@ class SearchResource:
         options = SearchOptions(
             limit=limit, path_prefix=req.get_param("path_prefix") or None, rerank=rerank
         )
-        query = check_query(req.get_param("q") or "", options)
+        try:
+            query = check_query(req.get_param("q") or "", options)
+        except InvalidQueryError as error:
+            raise ApiError(
+                falcon.HTTP_422, "invalid_query", error.message, details={"parameter": "q"}
+            ) from error
         request = {"q": query, "limit": limit, "path_prefix": options.path_prefix, "rerank": rerank}
         timeout_s = self._ctx.settings.search_timeout_s
 
