@@ -70,7 +70,29 @@ def settings_from_env() -> Settings:
         raise
 
 
-@click.group()
+class OneLineErrorGroup(click.Group):
+    """Print usage errors as one ``foxctl: error:`` line, as the commands print theirs."""
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        if extra.get("standalone_mode", True) is False:
+            return super().main(args, prog_name, **extra)
+        extra["standalone_mode"] = False
+        try:
+            result = super().main(args, prog_name, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "foxctl"
+            message = error.format_message().rstrip(".")
+            fail(f"{message} (see `{command} --help`)", code=error.exit_code)
+        except click.ClickException as error:
+            fail(error.format_message(), code=error.exit_code)
+        except click.Abort:
+            fail("aborted", code=1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrorGroup)
 @click.version_option(package_name="foxctl")
 def main() -> None:
     """Run and operate the foxctl agent control plane."""

@@ -48,7 +48,12 @@ def run_up(
     ``explicit`` names the variables the user set; the others get laptop defaults
     (authentication off, readable logs).
     """
-    overrides: dict[str, object] = {"host": host or settings.host, "port": port or settings.port}
+    # One process serves everything, which also tells the web app so (console tokens).
+    overrides: dict[str, object] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "web_concurrency": 1,
+    }
     if workspace is not None:
         overrides["workspace"] = workspace
     if "FOXCTL_AUTH" not in explicit:

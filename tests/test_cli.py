@@ -357,3 +357,12 @@ def test_cli_html_error_page_stays_one_line(sqlite_env: dict[str, str]) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "HTTP 502: <html> <body> <h1>502 Bad Gateway</h1>" in result.stderr
+
+
+def test_usage_error_is_one_line(sqlite_env: dict[str, str]) -> None:
+    result = run_cli(["search", "retry", "--limit", "0"], sqlite_env)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("foxctl: error: Invalid value for '--limit': 0")
+    assert "search --help" in result.stderr
