@@ -652,7 +652,21 @@ def search(query: str, limit: int, path_prefix: str | None, rerank: bool | None)
 
 @main.group()
 def chat() -> None:
-    """Set up the chat platforms' webhooks and commands."""
+    """Set up the chat platforms' webhooks and commands, and prune stored updates."""
+
+
+@chat.command("prune-updates")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Delete delivery ids received this long ago, such as 7d. Keep it above 24h.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--enqueue", is_flag=True, help="Run it on a maintenance worker instead.")
+@one_line_errors
+def chat_prune_updates(older_than: str, dry_run: bool, enqueue: bool) -> None:
+    """Delete stored platform delivery ids, which deduplicate redelivered webhooks."""
+    _run_job("prune_chat_updates", {"older_than": older_than, "dry_run": dry_run}, enqueue)
 
 
 @chat.group("telegram")

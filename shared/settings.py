@@ -17,11 +17,16 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.durations import parse_duration
+
 log = logging.getLogger(__name__)
 
 DbDriver = Literal["sqlite", "postgres"]
 BusyPolicy = Literal["enqueue", "reject", "interrupt"]
 LlmProvider = Literal["openai_compat", "anthropic", "local"]
+
+#: Telegram keeps an undelivered update for up to 24 hours (Bot API, "Getting updates").
+MIN_CHAT_UPDATE_RETENTION_S = 24 * 3600
 
 #: Keys from the reference deployment that still work, with the key that replaces them.
 LEGACY_KEYS = {
@@ -189,6 +194,11 @@ class Settings(BaseSettings):
     chat_edit_interval_s: float = Field(default=1.0, ge=0)
     chat_placeholder_text: str = "…"
     chat_delivery_max_retries: int = Field(default=8, ge=0, le=50)
+    # Stored platform delivery ids older than this are deleted on this cron (UTC). A
+    # platform that redelivers after that starts a second turn, so keep it above every
+    # platform's redelivery window: at least 24h, how long Telegram keeps an update.
+    chat_update_retention: str = "7d"
+    schedule_chat_update_prune: str = "47 3 * * *"
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_bot_username: str | None = None
@@ -253,6 +263,16 @@ class Settings(BaseSettings):
                 "FOXCTL_DB_DRIVER=postgres with FOXCTL_POSTGRES_DSN, or sqlite for one host"
             )
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("chat_update_retention")
+    @classmethod
+    def _check_chat_update_retention(cls, value: str) -> str:
+        if parse_duration(value) < MIN_CHAT_UPDATE_RETENTION_S:
+            raise ValueError(
+                "must be at least 24h, because Telegram keeps an undelivered update for up "
+                "to 24 hours and a redelivery after its id was deleted starts a second turn"
+            )
+        return value
 
     @field_validator("broker_url")
     @classmethod

@@ -6,11 +6,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
 import httpx
 import pytest
+from sqlalchemy import update
 from sqlmodel import func, select
 
 from shared.chat import telegram
@@ -18,6 +20,7 @@ from shared.chat.adapters import make_reply_clients, selected_adapters
 from shared.chat.errors import SignatureInvalid
 from shared.chat.models import ChatConversation, ChatDelivery, ChatUpdate
 from shared.chat.service import InboundMessage, accept_message, split_text
+from shared.clock import Clock, ManualClock, system_clock
 from shared.db import Database
 from shared.events.live import LiveEvent
 from shared.queues import CHAT_DELIVERY, TURNS
@@ -29,6 +32,7 @@ from tests.fakes.chat_platforms import FakePlatform
 from tests.harness import Harness
 from tests.processes import run_cli
 from workers.chat_delivery import ChatDeliverer, DeliveryLater, DeliverySettings
+from workers.reconciler import DeliveryReconciler
 
 
 class NoFeed:
@@ -77,10 +81,14 @@ def foxctl(settings: Settings, database: Database, platform: FakePlatform) -> It
     yield harness
 
 
-def deliverer(foxctl: Harness) -> ChatDeliverer:
+def deliverer(foxctl: Harness, wall_clock: Clock = system_clock) -> ChatDeliverer:
     clients = make_reply_clients(foxctl.settings, httpx.Client(timeout=5))
     return ChatDeliverer(
-        foxctl.db, clients, lambda _: NoFeed(), DeliverySettings(edit_interval_s=0)
+        foxctl.db,
+        clients,
+        lambda _: NoFeed(),
+        DeliverySettings(edit_interval_s=0),
+        wall_clock=wall_clock,
     )
 
 
@@ -292,13 +300,18 @@ def test_rate_limited_reply_arrives_once(foxctl: Harness, platform: FakePlatform
         record_reply(db, turn, "x" * 5000)
     [delivery_id] = deliveries(foxctl)
     platform.fail_next("editMessageText", retry_after_s=3)
+    clock = ManualClock(time.time())
 
     with pytest.raises(DeliveryLater) as later:
-        deliverer(foxctl).deliver(delivery_id)
-    deliverer(foxctl).deliver(delivery_id)
-    deliverer(foxctl).deliver(delivery_id)
+        deliverer(foxctl, clock).deliver(delivery_id)
+    deliverer(foxctl, clock).deliver(delivery_id)  # before Retry-After: skipped
+    edits_before_retry = len(platform.calls_to("editMessageText"))
+    clock.advance(3)
+    deliverer(foxctl, clock).deliver(delivery_id)
+    deliverer(foxctl, clock).deliver(delivery_id)
 
     assert later.value.delay_s == 3
+    assert edits_before_retry == 1
     edits = platform.calls_to("editMessageText")
     sends = [c for c in platform.calls_to("sendMessage") if c.body["text"] != "…"]
     assert len(edits) == 2  # the refused one, then the one that arrived
@@ -358,6 +371,144 @@ def test_rejected_reply_is_marked_failed(foxctl: Harness, platform: FakePlatform
     assert delivery is not None
     assert delivery.status == "failed"
     assert len(platform.calls_to("sendMessage")) == 1
+
+
+# -- lost delivery wake-ups -------------------------------------------------------------
+
+
+class IdleFeed:
+    """A live feed on which nothing arrives; each poll waits its whole timeout."""
+
+    def poll(self, timeout_s: float) -> list[LiveEvent]:
+        time.sleep(timeout_s)
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+def finish_turn(db: Database, text: str) -> None:
+    with db.write() as session:
+        turn = session.exec(select(Turn)).one()
+        start_turn(session, turn)
+        record_reply(session, turn, text)
+
+
+def age_deliveries(db: Database, seconds: float) -> None:
+    table = ChatDelivery.__table__  # type: ignore[attr-defined]
+    past = datetime.now(UTC) - timedelta(seconds=seconds)
+    with db.write() as session:
+        session.exec(update(table).values(updated_at=past, created_at=past))
+
+
+def delivery_row(db: Database, delivery_id: str) -> ChatDelivery:
+    with db.read() as session:
+        row = session.get(ChatDelivery, delivery_id)
+    assert row is not None
+    return row
+
+
+def test_lost_delivery_is_sent_once_after_reconcile(
+    foxctl: Harness, platform: FakePlatform
+) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)  # drained: the broker lost the wake-up
+    finish_turn(foxctl.db, "the answer")
+    age_deliveries(foxctl.db, seconds=120)
+    reconciler = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=15)
+
+    recovered = reconciler.reconcile_once()
+    again = reconciler.reconcile_once()
+    redelivered = deliveries(foxctl)
+    for queued_id in redelivered:
+        deliverer(foxctl).deliver(queued_id)
+
+    assert (recovered, again) == (1, 0)
+    assert redelivered == [delivery_id]
+    assert delivery_row(foxctl.db, delivery_id).status == "done"
+    assert [c.body["text"] for c in platform.calls_to("sendMessage")] == ["…"]
+    assert [c.body["text"] for c in platform.calls_to("editMessageText")] == ["the answer"]
+
+
+def test_fresh_delivery_is_not_re_enqueued(foxctl: Harness) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    deliveries(foxctl)
+
+    recovered = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=15).reconcile_once()
+
+    assert recovered == 0
+    assert deliveries(foxctl) == []
+
+
+def test_running_delivery_is_not_re_enqueued(foxctl: Harness, platform: FakePlatform) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)
+    clients = make_reply_clients(foxctl.settings, httpx.Client(timeout=5))
+    # A short claim makes the attempt write its row every 0.2 s while it follows the turn.
+    fast = DeliverySettings(edit_interval_s=0, claim_ttl_s=0.6)
+    running = ChatDeliverer(foxctl.db, clients, lambda _: IdleFeed(), fast)
+    copy = ChatDeliverer(foxctl.db, clients, lambda _: IdleFeed(), fast)
+    reconciler = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=0.25)
+    thread = threading.Thread(target=running.deliver, args=(delivery_id,))
+    thread.start()
+    time.sleep(reconciler.stale_s * 1.5)  # longer than a delivery may go without writes
+
+    recovered = reconciler.reconcile_once()
+    copy.deliver(delivery_id)  # a duplicate wake-up while the first attempt runs
+    finish_turn(foxctl.db, "the answer")
+    thread.join(timeout=10)
+
+    assert recovered == 0
+    assert deliveries(foxctl) == []
+    assert not thread.is_alive()
+    assert delivery_row(foxctl.db, delivery_id).status == "done"
+    assert len(platform.calls_to("sendChatAction")) == 1
+    assert [c.body["text"] for c in platform.calls_to("sendMessage")] == ["…"]
+    assert [c.body["text"] for c in platform.calls_to("editMessageText")] == ["the answer"]
+
+
+def test_finished_delivery_is_left_alone(foxctl: Harness) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)
+    finish_turn(foxctl.db, "the answer")
+    deliverer(foxctl).deliver(delivery_id)
+    age_deliveries(foxctl.db, seconds=120)
+    before = delivery_row(foxctl.db, delivery_id)
+
+    recovered = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=15).reconcile_once()
+
+    after = delivery_row(foxctl.db, delivery_id)
+    assert recovered == 0
+    assert deliveries(foxctl) == []
+    assert after.status == "done"
+    assert after.updated_at == before.updated_at
+
+
+def test_day_old_pending_delivery_is_marked_failed(foxctl: Harness) -> None:
+    telegram_post(foxctl, h.telegram_update(1, "hello"))
+    [delivery_id] = deliveries(foxctl)
+    age_deliveries(foxctl.db, seconds=DeliveryReconciler.GIVE_UP_AFTER_S + 60)
+
+    recovered = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=15).reconcile_once()
+
+    assert recovered == 0
+    assert deliveries(foxctl) == []
+    assert delivery_row(foxctl.db, delivery_id).status == "failed"
+
+
+def test_reconcile_pass_is_bounded(foxctl: Harness) -> None:
+    for update_id in range(3):
+        telegram_post(foxctl, h.telegram_update(update_id, f"hello {update_id}"))
+    deliveries(foxctl)
+    age_deliveries(foxctl.db, seconds=120)
+    reconciler = DeliveryReconciler(foxctl.db, foxctl.enqueuer, interval_s=15)
+    reconciler.BATCH = 2
+
+    first = reconciler.reconcile_once()
+    second = reconciler.reconcile_once()
+
+    assert (first, second) == (2, 1)
+    assert len(set(deliveries(foxctl))) == 3
 
 
 def test_split_text_keeps_every_character() -> None:

@@ -1,4 +1,4 @@
-"""Maintenance jobs: session cleanup, the stale-turn reaper, job runs and their API."""
+"""Maintenance jobs: session cleanup, the stale-turn reaper, chat update pruning, job runs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlmodel import select
 
 from shared.cas.stores import FileArtifactStore, put_object
+from shared.chat.models import ChatUpdate
 from shared.db import Database
 from shared.errors import InvalidInputError
 from shared.jobs.catalog import record_job
@@ -23,6 +25,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import Harness
 from tests.processes import run_cli
 from workers.maintenance import execute_run
+from workers.scheduler import maintenance_jobs
 
 
 @pytest.fixture
@@ -107,6 +110,48 @@ def test_reaper_fails_abandoned_running_turn(foxctl: Harness) -> None:
     assert foxctl.turn(turn_id)["status"] == "failed"
 
 
+def store_updates(db: Database, ages_days: dict[str, float]) -> None:
+    now = datetime.now(UTC)
+    with db.write() as session:
+        for delivery_id, days in ages_days.items():
+            received_at = now - timedelta(days=days)
+            session.add(
+                ChatUpdate(platform="telegram", delivery_id=delivery_id, received_at=received_at)
+            )
+
+
+def stored_updates(db: Database) -> list[str]:
+    with db.read() as session:
+        return sorted(u.delivery_id for u in session.exec(select(ChatUpdate)))
+
+
+def test_prune_deletes_old_chat_updates_only(database: Database) -> None:
+    store_updates(database, {"old": 10, "older": 40, "recent": 6, "new": 0})
+
+    result = run_job(database, "prune_chat_updates", older_than="7d")
+
+    assert result == {"matched": 2, "deleted": 2, "dry_run": False}
+    assert stored_updates(database) == ["new", "recent"]
+
+
+def test_prune_dry_run_deletes_nothing(database: Database) -> None:
+    store_updates(database, {"old": 10, "new": 0})
+
+    result = run_job(database, "prune_chat_updates", older_than="7d", dry_run=True)
+
+    assert result == {"matched": 1, "deleted": 0, "dry_run": True}
+    assert stored_updates(database) == ["new", "old"]
+
+
+def test_scheduler_prunes_with_the_retention(settings: Settings) -> None:
+    configured = settings.model_copy(update={"chat_update_retention": "3d"})
+
+    jobs = {job.name: job for job in maintenance_jobs(configured)}
+
+    assert jobs["prune_chat_updates"].params == {"older_than": "3d"}
+    assert jobs["prune_chat_updates"].crontab == settings.schedule_chat_update_prune
+
+
 def test_unknown_job_parameter_is_refused(foxctl: Harness) -> None:
     with (
         pytest.raises(InvalidInputError, match="takes no parameter 'colour'"),
@@ -178,3 +223,12 @@ def test_cli_cas_gc_reports_orphans(sqlite_env: dict[str, str]) -> None:
     assert report["orphans_deleted_bytes"] == 17
     assert report["orphans_failed"] == 0
     assert store.exists(digest) is False
+
+
+def test_cli_prunes_chat_updates(sqlite_env: dict[str, str]) -> None:
+    assert run_cli(["migrate"], sqlite_env).returncode == 0
+
+    result = run_cli(["chat", "prune-updates", "--older-than", "7d", "--dry-run"], sqlite_env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"deleted": 0, "dry_run": true, "matched": 0}'

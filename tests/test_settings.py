@@ -39,6 +39,8 @@ def test_turso_is_refused_with_migration_advice() -> None:
         ("FOXCTL_POSTGRES_MAX_CONNS", "0", "greater than or equal to 1"),
         ("FOXCTL_BROKER_URL", "kafka://x", "redis://"),
         ("FOXCTL_AUTH", "maybe", "'on' or 'off'"),
+        ("FOXCTL_CHAT_UPDATE_RETENTION", "12h", "at least 24h"),
+        ("FOXCTL_CHAT_UPDATE_RETENTION", "soon", "invalid duration"),
     ],
 )
 def test_invalid_value_names_variable_and_accepted_values(

@@ -14,7 +14,7 @@ from dramatiq.worker import Worker
 
 from shared.broker import make_broker
 from shared.logging import configure_logging
-from shared.queues import ALL_QUEUES, EMBEDDINGS, SEARCH, TURNS
+from shared.queues import ALL_QUEUES, CHAT_DELIVERY, EMBEDDINGS, SEARCH, TURNS
 from shared.telemetry import configure_tracing, shutdown_tracing
 from workers import metrics_server, runtime
 
@@ -33,6 +33,10 @@ class RuntimeMiddleware(Middleware):
         queues = worker.consumer_whitelist
         if queues is None or TURNS in queues:
             runtime.current().reconciler.start()
+        # Lost delivery wake-ups are re-sent only where they are consumed, so that a
+        # deployment without a chat-delivery worker does not fill that queue.
+        if queues is None or CHAT_DELIVERY in queues:
+            runtime.current().delivery_reconciler.start()
         if queues is None or {SEARCH, EMBEDDINGS} & set(queues):
             runtime.current().indexer.warm_up()
         runtime.current().heartbeat.start()
@@ -47,6 +51,7 @@ class RuntimeMiddleware(Middleware):
         current.heartbeat.stopping = True
         current.heartbeat.write()
         current.reconciler.stop()
+        current.delivery_reconciler.stop()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         runtime.current().heartbeat.stop()

@@ -5,6 +5,10 @@ reads the database, so no streamed text is missed, and edits the placeholder at 
 once per ``edit_interval_s``. The final text comes from the stored reply, is split to
 the platform's limit, and each piece is recorded as sent before the next one, so a
 retried delivery resumes where it stopped instead of sending a piece twice.
+
+Each call claims the delivery first, and every write checks the claim. A second copy of
+the wake-up (a redelivery, or a re-enqueue by the delivery reconciler) that finds the
+delivery held ends without sending anything.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import redis
 import structlog
 
 from shared.chat.clients import ReplyClient
+from shared.chat.deliveries import claim_delivery, release_claim, update_claimed
 from shared.chat.errors import PlatformError, RateLimited
 from shared.chat.models import ChatDelivery, DeliveryStatus
 from shared.chat.service import split_text
-from shared.clock import utcnow
+from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.events.live import EventPublisher, LiveEvent, MemoryPublisher
 from shared.events.models import EventType
@@ -108,12 +113,22 @@ class DeliveryLater(Exception):
         self.delay_s = delay_s
 
 
+class ClaimLost(Exception):
+    """The delivery was deleted, or another attempt claimed it after this one's claim
+    expired."""
+
+
 @dataclass(frozen=True)
 class DeliverySettings:
     edit_interval_s: float = 1.0
     placeholder_text: str = "…"
     #: How long one call follows a turn before handing the thread back and retrying.
     follow_s: float = 300.0
+    #: How long a claim lasts without a write; a call renews it every third of that.
+    #: NOTE: a platform call that outlasts the claim lets a second copy of the wake-up
+    #: claim the delivery, and if the call then succeeds, its piece can reach the chat
+    #: twice.
+    claim_ttl_s: float = 30.0
 
 
 class ChatDeliverer:
@@ -126,6 +141,7 @@ class ChatDeliverer:
         *,
         stopping: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = system_clock,
     ) -> None:
         self._db = db
         self._clients = clients
@@ -133,13 +149,17 @@ class ChatDeliverer:
         self._settings = settings
         self._stopping = stopping or threading.Event()
         self._clock = clock
+        # Claim expiries are compared across hosts, so they use the wall clock.
+        self._wall_clock = wall_clock
 
     def deliver(self, delivery_id: str) -> None:
         """Send the reply of a delivery's turn. Idempotent: a finished delivery is skipped.
 
         Raises DeliveryLater after a 429 (with its Retry-After), when the turn is still
-        running after ``follow_s``, or when the worker is stopping. A reply that the
-        platform rejects (4xx other than 429) is logged and marked failed, not retried.
+        running after ``follow_s``, or when the worker is stopping; no other call claims
+        the delivery before that retry is due. A reply that the platform rejects (4xx
+        other than 429) is logged and marked failed, not retried. A call that finds the
+        delivery claimed by another call returns without sending.
         """
         delivery = self._load(delivery_id)
         if delivery is None or delivery.status != DeliveryStatus.pending:
@@ -148,8 +168,29 @@ class ChatDeliverer:
         if client is None:
             log.error("no client for chat platform; reply not sent", platform=delivery.platform)
             return
+        delivery = self._claim(delivery_id)
+        if delivery is None:
+            log.info("chat delivery claimed by another attempt; skipped", delivery_id=delivery_id)
+            return
 
         feed = self._open_feed(delivery.session_id)
+        free_at = 0.0
+        try:
+            self._send_reply(delivery, client, feed)
+        except DeliveryLater as later:
+            free_at = self._wall_clock.now() + later.delay_s
+            raise
+        except ClaimLost:
+            log.warning(
+                "chat delivery was deleted or claimed by another attempt; this attempt stops",
+                delivery_id=delivery.id,
+                turn_id=delivery.turn_id,
+            )
+        finally:
+            feed.close()
+            self._release(delivery, free_at)
+
+    def _send_reply(self, delivery: ChatDelivery, client: ReplyClient, feed: LiveFeed) -> None:
         try:
             placeholder = delivery.placeholder or self._start(delivery, client)
             reply = self._follow(delivery, client, placeholder, feed)
@@ -163,12 +204,24 @@ class ChatDeliverer:
                 error=error.message,
             )
             self._save(delivery, status=DeliveryStatus.failed.value)
-        finally:
-            feed.close()
 
     def _load(self, delivery_id: str) -> ChatDelivery | None:
         with self._db.read() as db:
             return db.get(ChatDelivery, delivery_id)
+
+    def _claim(self, delivery_id: str) -> ChatDelivery | None:
+        """Claim the delivery and read it again, since an earlier attempt may have
+        progressed since it was loaded."""
+        now = self._wall_clock.now()
+        with self._db.write() as db:
+            token = claim_delivery(db, delivery_id, now, self._settings.claim_ttl_s)
+            if token is None:
+                return None
+            return db.get(ChatDelivery, delivery_id)
+
+    def _release(self, delivery: ChatDelivery, free_at: float) -> None:
+        with self._db.write() as db:
+            release_claim(db, delivery.id, delivery.claim_token, free_at)
 
     def _start(self, delivery: ChatDelivery, client: ReplyClient) -> dict[str, Any]:
         placeholder: dict[str, Any] = _later_on_limit(
@@ -188,10 +241,16 @@ class ChatDeliverer:
         shown = ""
         next_edit_at = self._clock() + self._settings.edit_interval_s
         give_up_at = self._clock() + self._settings.follow_s
+        renew_every_s = self._settings.claim_ttl_s / 3
+        next_renew_at = self._clock() + renew_every_s
         while True:
             final = self._final_text(delivery.turn_id)
             if final is not None:
                 return final
+            if self._clock() >= next_renew_at:
+                # Keeps the claim and shows the reconciler that this delivery is alive.
+                self._save(delivery)
+                next_renew_at = self._clock() + renew_every_s
             if self._clock() > give_up_at:
                 raise DeliveryLater("the turn is still running", delay_s=5.0)
             if self._stopping.is_set():
@@ -258,15 +317,16 @@ class ChatDeliverer:
             _later_on_limit(lambda: client.send(delivery.target, piece))
 
     def _save(self, delivery: ChatDelivery, **changes: Any) -> None:
+        """Write ``changes`` and renew the claim; raise ClaimLost if another attempt
+        claimed the delivery."""
+        now = self._wall_clock.now()
+        ttl_s = self._settings.claim_ttl_s
         with self._db.write() as db:
-            row = db.get(ChatDelivery, delivery.id)
-            if row is None:
-                return
-            for name, value in changes.items():
-                setattr(row, name, value)
-                setattr(delivery, name, value)
-            row.updated_at = utcnow()
-            db.add(row)
+            saved = update_claimed(db, delivery.id, delivery.claim_token, now, ttl_s, **changes)
+        if not saved:
+            raise ClaimLost(delivery.id)
+        for name, value in changes.items():
+            setattr(delivery, name, value)
 
 
 def _apply_events(streamed: str, events: list[LiveEvent], turn_id: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from shared.chat.cleanup import prune_updates
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.durations import parse_duration
@@ -28,6 +29,17 @@ def run_cleanup_sessions(db: Database, params: dict[str, Any], now: float) -> di
             session,
             older_than_s=parse_duration(str(params.get("older_than", "30d"))),
             statuses=list(statuses),
+            dry_run=bool(params.get("dry_run", False)),
+            now=now,
+        )
+    return report.as_dict()
+
+
+def run_prune_chat_updates(db: Database, params: dict[str, Any], now: float) -> dict[str, Any]:
+    with db.write() as session:
+        report = prune_updates(
+            session,
+            older_than_s=parse_duration(str(params.get("older_than", "7d"))),
             dry_run=bool(params.get("dry_run", False)),
             now=now,
         )
@@ -69,6 +81,7 @@ JOB_FUNCTIONS: dict[str, JobFunction] = {
     "cleanup_sessions": run_cleanup_sessions,
     "reap_turns": run_reap_turns,
     "index_workspace": run_index_workspace,
+    "prune_chat_updates": run_prune_chat_updates,
 }
 
 

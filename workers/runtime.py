@@ -1,4 +1,4 @@
-"""Per-process objects for a worker: engine, lock, runner, reconciler.
+"""Per-process objects for a worker: engine, lock, runner, reconcilers.
 
 Built lazily after Dramatiq forks its worker processes, because a database engine must
 not cross a fork.
@@ -37,7 +37,7 @@ from workers.llm.anthropic import AnthropicChatModel
 from workers.llm.base import ChatModel, ModelError, ModelReply
 from workers.llm.local import LocalChatModel
 from workers.llm.openai_compat import OpenAICompatChatModel
-from workers.reconciler import Reconciler
+from workers.reconciler import DeliveryReconciler, Reconciler
 from workers.searches import SearchRunner
 from workers.tools import ToolRegistry
 from workers.tools.search import SemanticSearchTool
@@ -54,6 +54,7 @@ class WorkerRuntime:
     stopping: threading.Event
     heartbeat: HeartbeatWriter
     chat: ChatDeliverer
+    delivery_reconciler: DeliveryReconciler
     indexer: IndexWorker
     search: SearchService
     searches: SearchRunner
@@ -175,6 +176,7 @@ def build_runtime(
         stopping,
         heartbeat,
         build_chat(settings, db, publisher, stopping),
+        DeliveryReconciler(db, enqueuer, interval_s=settings.reconcile_interval_s),
         indexer,
         search,
         SearchRunner(search, make_search_exchange(settings)),
@@ -192,6 +194,7 @@ def build_chat(
             edit_interval_s=settings.chat_edit_interval_s,
             placeholder_text=settings.chat_placeholder_text,
             follow_s=float(settings.turn_time_limit_s),
+            claim_ttl_s=settings.lease_ttl_s,
         ),
         stopping=stopping,
     )

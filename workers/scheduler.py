@@ -57,6 +57,11 @@ def maintenance_jobs(settings: Settings) -> list[CronJob]:
             settings.schedule_reap_turns,
             {"stale_after": f"{settings.turn_time_limit_s * 2}s"},
         ),
+        CronJob(
+            "prune_chat_updates",
+            settings.schedule_chat_update_prune,
+            {"older_than": settings.chat_update_retention},
+        ),
         # Incremental: picks up commits a git-sync sidecar pulled into the workspace.
         CronJob("index_workspace", settings.schedule_reindex),
     ]

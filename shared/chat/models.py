@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, Column, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from shared.clock import utcnow
@@ -58,13 +58,16 @@ class ChatUpdate(SQLModel, table=True):
     platform: str = Field(primary_key=True, max_length=20)
     delivery_id: str = Field(primary_key=True, max_length=200)
     turn_id: str | None = Field(default=None, max_length=40)
-    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    # The prune_chat_updates job deletes rows older than FOXCTL_CHAT_UPDATE_RETENTION.
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime, index=True)
 
 
 class ChatDelivery(SQLModel, table=True):
     """A reply to send to a platform for one turn, and how far sending has got."""
 
     __tablename__ = "chat_deliveries"
+    # The delivery reconciler looks for pending rows not updated for a while.
+    __table_args__ = (Index("ix_chat_deliveries_status_updated_at", "status", "updated_at"),)
 
     id: str = Field(primary_key=True, max_length=40)
     platform: str = Field(max_length=20)
@@ -78,5 +81,12 @@ class ChatDelivery(SQLModel, table=True):
     placeholder: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     chunks_sent: int = Field(default=0)
     status: str = Field(default=DeliveryStatus.pending.value, max_length=20)
+    # Grows by one on every claim; each write of a delivery attempt checks it.
+    claim_token: int = Field(default=0)
+    # Seconds since the epoch, by the claimer's clock. Until then, another attempt may
+    # not claim the delivery: one is running, or a retry is scheduled for that time.
+    claimed_until: float = Field(default=0.0, sa_column=Column(Float, nullable=False, default=0.0))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    # Touched by every write of an attempt, so its age is how long the delivery made no
+    # progress.
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

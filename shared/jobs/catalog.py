@@ -18,6 +18,7 @@ JOBS: dict[str, tuple[str, ...]] = {
     "cleanup_sessions": ("older_than", "statuses", "dry_run"),
     "reap_turns": ("stale_after",),
     "index_workspace": ("full",),
+    "prune_chat_updates": ("older_than", "dry_run"),
 }
 #: Jobs that run on another queue than maintenance, with their actor.
 JOB_ACTORS: dict[str, ActorRef] = {"index_workspace": INDEX_WORKSPACE}

@@ -101,8 +101,8 @@ class ChatEndpoint:
 
     def _wake(self, accepted: Accepted) -> None:
         session_id = accepted.submission.message.session_id
-        # NOTE: unlike turns, a lost delivery wake-up is not re-sent by the reconciler;
-        # the reply then stays only in the session (visible over the API).
+        # A failed enqueue is recovered from the database: the reconcilers re-send both
+        # the turn's and the delivery's wake-up.
         try:
             self._ctx.enqueuer.wake_session(session_id)
             self._ctx.enqueuer.send(DELIVER_CHAT_REPLY, accepted.delivery_id)
