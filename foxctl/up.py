@@ -85,19 +85,27 @@ def run_up(
     automation = _start_automation(settings)
     _start_index(settings)
     _print_welcome(settings, first_session)
+    code = 0
     try:
         _serve(settings, publisher)
+    except SystemExit as stopped:
+        # uvicorn exits this way when it cannot start, such as on a port in use.
+        code = stopped.code if isinstance(stopped.code, int) else 1
+    except Exception:
+        log.exception("foxctl up failed")
+        code = 1
     finally:
         automation.stop()
         _stop_worker(worker, settings)
         shutdown_tracing()
     # A worker thread still in native code when the stop timeout ran out (loading the
     # embedding model, say) makes the interpreter abort during its exit (SIGABRT from
-    # the C++ runtime), so end the process here, after the logs are flushed.
+    # the C++ runtime), so end the process here, after the logs are flushed. This skips
+    # atexit hooks; the web side and the worker closed their databases when they stopped.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _start_worker(settings: Settings, threads: int, publisher: EventPublisher) -> Worker:

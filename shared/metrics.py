@@ -75,13 +75,13 @@ EMBEDDING_CHUNKS = Counter(
 SEARCH_REQUESTS = Counter(
     "foxctl_search_requests",
     "Searches handed over by web processes, by how the worker ended them "
-    "(answered, error, expired before it took them).",
+    "(ok, error, expired before it took them).",
     ["outcome"],
 )
 SEARCH_WAIT_SECONDS = Histogram(
     "foxctl_search_wait_seconds",
     "Time a web process waited for a worker's search answer, by outcome "
-    "(answered, error, timeout).",
+    "(ok, error from the worker, timeout, unavailable when Redis failed).",
     ["outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

@@ -366,3 +366,17 @@ def test_usage_error_is_one_line(sqlite_env: dict[str, str]) -> None:
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("foxctl: error: Invalid value for '--limit': 0")
     assert "search --help" in result.stderr
+
+
+def test_up_on_a_taken_port_exits_non_zero(up_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["up", "--port", str(port)], up_env)
+
+    # uvicorn's startup failure status, not an abort from the model-loading thread.
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "address already in use" in (result.stdout + result.stderr).lower()

@@ -232,3 +232,16 @@ def test_cli_prunes_chat_updates(sqlite_env: dict[str, str]) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '{"deleted": 0, "dry_run": true, "matched": 0}'
+
+
+def test_cli_refuses_short_chat_update_retention(sqlite_env: dict[str, str]) -> None:
+    assert run_cli(["migrate"], sqlite_env).returncode == 0
+
+    result = run_cli(["chat", "prune-updates", "--older-than", "1h"], sqlite_env)
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("foxctl: error")]
+    assert result.returncode == 1
+    assert errors == [
+        "foxctl: error: older_than='1h' is shorter than 24h, the longest time Telegram "
+        "redelivers an update; use 24h or more"
+    ]

@@ -51,15 +51,17 @@ class WebContext:
         self.executor = ThreadPoolExecutor(self.io_threads, thread_name_prefix="web-io")
         self.drain.start()
         await self.hub.start()
+        self.drain.chain_signals()
 
     async def stop(self) -> None:
         # Ending the hub first closes open WebSockets with 1012 and ends SSE streams.
         await self.hub.stop()
         await self.drain.stop()
-        await self.searches.close()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None
+        # After the pool: a search still submitting there would open a new connection.
+        await self.searches.close()
         if self.owns_db:
             self.db.dispose()
 

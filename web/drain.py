@@ -49,13 +49,12 @@ class DrainState:
         #: Set when draining begins, so open WebSockets can close without polling.
         self.began = asyncio.Event()
         self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._handlers: dict[signal.Signals, Any] = {}
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._started_at = time.time()
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._watch())
-        self._chain_signals(loop)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
         self._unchain_signals()
@@ -72,12 +71,16 @@ class DrainState:
             self.began.set()
             log.info("draining started", reason=reason)
 
-    def _chain_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Begin draining on SIGTERM and SIGINT, then call the handler installed before."""
+    def chain_signals(self) -> None:
+        """Begin draining on SIGTERM and SIGINT, then call the handler installed before.
+
+        Call it last in startup: ``stop`` puts the earlier handlers back.
+        """
         # Python sets signal handlers only in the main thread; test clients may run
         # the app elsewhere, where the server's own handling is all there is.
         if threading.current_thread() is not threading.main_thread():
             return
+        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(signum)
             self._previous_handlers[signum] = previous
@@ -92,12 +95,16 @@ class DrainState:
                     os.kill(os.getpid(), number)
 
             signal.signal(signum, handler)
+            self._handlers[signum] = handler
 
     def _unchain_signals(self) -> None:
         for signum, previous in self._previous_handlers.items():
-            if previous is not None:
+            # Another handler installed since then stays: it chains to ours, which
+            # still calls the one before it.
+            if previous is not None and signal.getsignal(signum) is self._handlers[signum]:
                 signal.signal(signum, previous)
         self._previous_handlers.clear()
+        self._handlers.clear()
 
     def _drain_requested(self, marker: Path) -> bool:
         # A file older than this process is left from before a container restart (an

@@ -151,6 +151,9 @@ def embed_chunks(*chunk_ids: str) -> None:
     # retry would only run a search nobody reads: the request is taken once.
     max_retries=0,
     time_limit=60 * 1_000,
+    # Dramatiq's age limit drops a message nobody took before the web process stopped
+    # waiting, so the queue does not fill up while no worker consumes it.
+    max_age=int(_settings.search_timeout_s * 1_000),
     priority=SEARCH_PRIORITY,
 )
 def run_search(request_id: str) -> None:

@@ -12,6 +12,7 @@ from shared.chat.cleanup import prune_updates
 from shared.clock import Clock, system_clock
 from shared.db import Database
 from shared.durations import parse_duration
+from shared.jobs.catalog import check_chat_update_retention
 from shared.jobs.models import JobRun, JobStatus
 from shared.jobs.service import finish_run
 from shared.sessions.cleanup import cleanup_sessions
@@ -36,10 +37,12 @@ def run_cleanup_sessions(db: Database, params: dict[str, Any], now: float) -> di
 
 
 def run_prune_chat_updates(db: Database, params: dict[str, Any], now: float) -> dict[str, Any]:
+    older_than = str(params.get("older_than", "7d"))
+    check_chat_update_retention(older_than)
     with db.write() as session:
         report = prune_updates(
             session,
-            older_than_s=parse_duration(str(params.get("older_than", "7d"))),
+            older_than_s=parse_duration(older_than),
             dry_run=bool(params.get("dry_run", False)),
             now=now,
         )

@@ -11,6 +11,7 @@ from shared.errors import InvalidInputError
 from shared.jobs.models import JobRun
 from shared.jobs.service import start_run
 from shared.queues import INDEX_WORKSPACE, RUN_JOB, ActorRef, Enqueuer
+from shared.settings import MIN_CHAT_UPDATE_RETENTION_S
 
 #: Job name -> the parameters it accepts.
 JOBS: dict[str, tuple[str, ...]] = {
@@ -37,7 +38,19 @@ def record_job(db: Session, name: str, params: dict[str, Any], origin: str) -> J
                 parse_duration(str(params[key]))
             except ValueError as error:
                 raise InvalidInputError(str(error)) from None
+    if name == "prune_chat_updates":
+        check_chat_update_retention(str(params.get("older_than", "7d")))
     return start_run(db, name, origin, params)
+
+
+def check_chat_update_retention(older_than: str) -> None:
+    """Raise InvalidInputError when ``older_than`` is shorter than platforms redeliver."""
+    if parse_duration(older_than) < MIN_CHAT_UPDATE_RETENTION_S:
+        # A platform may still redeliver a younger update, which would then run twice.
+        raise InvalidInputError(
+            f"older_than={older_than!r} is shorter than 24h, the longest time Telegram "
+            "redelivers an update; use 24h or more"
+        )
 
 
 def enqueue_job(enqueuer: Enqueuer, run: JobRun) -> None:

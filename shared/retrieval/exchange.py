@@ -11,25 +11,37 @@ response is pushed to a list that the web process pops with BLPOP, so a response
 arrives before the web starts to wait is not lost. Keys carry the Redis database
 number, like the live-event channels. With ``memory://`` (``foxctl up``) both sides
 live in one process and share a dictionary of futures.
+
+The Redis clients here fail fast (short timeouts, no retries): a web process that
+cannot reach Redis answers from full text, and must not hold its I/O threads while it
+tries. GETDEL needs Redis 6.2 or later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio
+import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 #: How long a response waits in Redis for a web process that has stopped waiting.
 RESPONSE_TTL_S = 60
+#: Connect and command timeouts of the Redis clients, BLPOP's own wait aside.
+REDIS_TIMEOUT_S = 2.0
 
 
 class SearchTimeout(Exception):
@@ -55,6 +67,10 @@ class SearchExchange(Protocol):
         """
         ...
 
+    def discard(self, request_id: str) -> None:
+        """Web side: forget a request whose wait ended or never began."""
+        ...
+
     def take(self, request_id: str) -> dict[str, Any] | None:
         """Worker side: remove and return the request, or None when it expired."""
         ...
@@ -76,7 +92,12 @@ class RedisSearchExchange:
     def __init__(self, redis_url: str) -> None:
         self._url = redis_url
         self._prefix = key_prefix(redis_url)
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
         # Created on first use, on the event loop that awaits it.
         self._async: redis.asyncio.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,10 +115,15 @@ class RedisSearchExchange:
         client = self._async_client()
         key = self._prefix + request_id + ":response"
         try:
-            popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
-            if popped is None:
-                # The request may still sit in the queue, so drop it: no worker runs it.
-                await client.delete(self._prefix + request_id)
+            # The client has no socket timeout, so a Redis that goes silent during the
+            # wait would hold it for as long as TCP does: bound it here too.
+            async with asyncio.timeout(timeout_s + REDIS_TIMEOUT_S):
+                popped = await client.blpop([key], timeout=timeout_s)  # type: ignore[misc]
+                if popped is None:
+                    # The request may still sit in the queue: drop it, so no worker runs it.
+                    await client.delete(self._prefix + request_id)
+        except TimeoutError:
+            raise SearchUnavailable(f"Redis did not answer BLPOP within {timeout_s:g} s") from None
         except redis.RedisError as error:
             raise SearchUnavailable(str(error)) from error
         if popped is None:
@@ -110,9 +136,21 @@ class RedisSearchExchange:
         if self._async is None or self._loop is not loop:
             # Its connections belong to one event loop: a web process has one.
             # No socket timeout: BLPOP holds the connection for the whole wait.
-            self._async = redis.asyncio.Redis.from_url(self._url, socket_connect_timeout=5)
+            self._async = redis.asyncio.Redis.from_url(
+                self._url,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            )
             self._loop = loop
         return self._async
+
+    def discard(self, request_id: str) -> None:
+        # The request may still sit in the queue, so drop it: no worker runs it. The TTL
+        # removes it anyway, so a failure here changes nothing.
+        try:
+            self._client.delete(self._prefix + request_id)
+        except redis.RedisError as error:
+            log.debug("search request not discarded", request_id=request_id, error=str(error))
 
     def take(self, request_id: str) -> dict[str, Any] | None:
         raw: bytes | None = self._client.getdel(self._prefix + request_id)  # type: ignore[assignment]
@@ -160,9 +198,12 @@ class MemorySearchExchange:
         except TimeoutError:
             raise SearchTimeout(request_id) from None
         finally:
-            with self._lock:
-                self._requests.pop(request_id, None)
-                self._responses.pop(request_id, None)
+            self.discard(request_id)
+
+    def discard(self, request_id: str) -> None:
+        with self._lock:
+            self._requests.pop(request_id, None)
+            self._responses.pop(request_id, None)
 
     def take(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -174,8 +215,10 @@ class MemorySearchExchange:
     def respond(self, request_id: str, response: dict[str, Any]) -> None:
         with self._lock:
             future = self._responses.get(request_id)
-        if future is not None and not future.done():
-            future.set_result(response)
+        # The waiting side may cancel the future at the same moment (its timeout).
+        if future is not None:
+            with contextlib.suppress(InvalidStateError):
+                future.set_result(response)
 
     async def close(self) -> None:
         return None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
+from functools import partial
 
 import falcon
 import falcon.asgi
@@ -60,15 +62,27 @@ class SearchResource:
     The web tier embeds no query and calls no reranker (ARCHITECTURE invariant 5). The
     request waits on the event loop, not in the I/O pool, so slow workers do not hold
     threads that other requests need. When no worker responds within
-    FOXCTL_SEARCH_TIMEOUT_S, or its search fails, the response comes from full-text
-    search alone, a database query, with a warning that says why.
+    FOXCTL_SEARCH_TIMEOUT_S, its search fails, or Redis is unreachable, the response
+    comes from full-text search alone, a database query, with a warning that says why.
+    With no embedding provider and no reranker, full text is all a worker could do, so
+    the web process runs it directly.
     """
+
+    #: After Redis failed, searches skip the hand-over for this long, so that an outage
+    #: does not cost every search a connect timeout.
+    REDIS_PAUSE_S = 5.0
 
     def __init__(self, ctx: WebContext) -> None:
         self._ctx = ctx
+        settings = ctx.settings
         self._full_text = SearchService(
-            ctx.db, DisabledEmbedder(), require_vector=ctx.settings.postgres_require_vector
+            ctx.db, DisabledEmbedder(), require_vector=settings.postgres_require_vector
         )
+        self._text_only = (
+            settings.embedding_provider == "none" and settings.rerank_provider == "none"
+        )
+        self._redis_failed_at = -self.REDIS_PAUSE_S
+        self._redis_error = ""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         limit = query_int(req, "limit", default=10, low=1, high=MAX_LIMIT)
@@ -85,13 +99,31 @@ class SearchResource:
         try:
             query = check_query(req.get_param("q") or "", options)
         except InvalidQueryError as error:
-            raise ApiError(
-                falcon.HTTP_422, "invalid_query", error.message, details={"parameter": "q"}
-            ) from error
-        request = {"q": query, "limit": limit, "path_prefix": options.path_prefix, "rerank": rerank}
+            raise _invalid_q(error.message) from error
+        if self._text_only:
+            # The configured search is full text, so no warning; rerank=true still
+            # reports that no reranker is configured.
+            resp.media = await self._ctx.run(
+                lambda: self._full_text.search(query, options).model_dump(mode="json")
+            )
+            return
+        if time.monotonic() - self._redis_failed_at < self.REDIS_PAUSE_S:
+            resp.media = await self._full_text_only(query, options, self._unreachable())
+            return
+        resp.media = await self._hand_over(query, options)
+
+    async def _hand_over(self, query: str, options: SearchOptions) -> dict[str, object]:
+        request = {
+            "q": query,
+            "limit": options.limit,
+            "path_prefix": options.path_prefix,
+            "rerank": options.rerank,
+        }
         timeout_s = self._ctx.settings.search_timeout_s
+        request_id: str | None = None
 
         def submit() -> str:
+            nonlocal request_id
             request_id = self._ctx.searches.submit(request, ttl_s=timeout_s)
             try:
                 self._ctx.enqueuer.send(RUN_SEARCH, request_id)
@@ -101,17 +133,19 @@ class SearchResource:
 
         started = time.monotonic()
         try:
-            request_id = await self._ctx.run(submit)
-            response = await self._ctx.searches.wait(request_id, timeout_s)
+            try:
+                response = await self._ctx.searches.wait(await self._ctx.run(submit), timeout_s)
+            except asyncio.CancelledError:
+                # The client went away: drop the request, so that no worker runs it.
+                if request_id is not None:
+                    discard = partial(self._ctx.searches.discard, request_id)
+                    await asyncio.shield(self._ctx.run(discard))
+                raise
         except SearchUnavailable as error:
-            SEARCH_WAIT_SECONDS.labels(outcome="error").observe(time.monotonic() - started)
+            SEARCH_WAIT_SECONDS.labels(outcome="unavailable").observe(time.monotonic() - started)
             log.warning("search hand-over failed: Redis unreachable", error=str(error))
-            warning = (
-                f"the broker's Redis is unreachable ({error}), so no worker could run "
-                "the search and these are full-text results only"
-            )
-            resp.media = await self._full_text_only(query, options, warning)
-            return
+            self._redis_failed_at, self._redis_error = time.monotonic(), str(error)
+            return await self._full_text_only(query, options, self._unreachable())
         except SearchTimeout:
             SEARCH_WAIT_SECONDS.labels(outcome="timeout").observe(time.monotonic() - started)
             log.warning("search timed out waiting for a worker", timeout_s=timeout_s)
@@ -121,29 +155,39 @@ class SearchResource:
                 "busy or still loading the embedding model, or none consumes the queue "
                 "(start one with `foxctl worker --queues embeddings --queues search`)"
             )
-            resp.media = await self._full_text_only(query, options, warning)
-            return
-        outcome = "ok" if "results" in response else "error"
-        SEARCH_WAIT_SECONDS.labels(outcome=outcome).observe(time.monotonic() - started)
+            return await self._full_text_only(query, options, warning)
         if "results" in response:
-            resp.media = response["results"]
-            return
+            SEARCH_WAIT_SECONDS.labels(outcome="ok").observe(time.monotonic() - started)
+            results: dict[str, object] = response["results"]
+            return results
+        SEARCH_WAIT_SECONDS.labels(outcome="error").observe(time.monotonic() - started)
         code, message = response["error"]["code"], response["error"]["message"]
         if code == InvalidQueryError.code:
-            raise InvalidQueryError(message)
+            raise _invalid_q(message)
         if code == UnavailableError.code:
             raise UnavailableError(message)
         warning = (
             f"the search failed on the worker ({message}), so these are full-text results only"
         )
-        resp.media = await self._full_text_only(query, options, warning)
+        return await self._full_text_only(query, options, warning)
+
+    def _unreachable(self) -> str:
+        return (
+            f"the broker's Redis is unreachable ({self._redis_error}), so no worker could "
+            "run the search and these are full-text results only"
+        )
 
     async def _full_text_only(
-        self, query: str, options: SearchOptions, warning: str
+        self, query: str, options: SearchOptions, warning: str | None
     ) -> dict[str, object]:
         def search() -> dict[str, object]:
             results = self._full_text.search(query, replace(options, rerank=False))
-            results.warnings.append(warning)
+            if warning is not None:
+                results.warnings.append(warning)
             return results.model_dump(mode="json")
 
         return await self._ctx.run(search)
+
+
+def _invalid_q(message: str) -> ApiError:
+    return ApiError(falcon.HTTP_422, "invalid_query", message, details={"parameter": "q"})
