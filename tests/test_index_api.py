@@ -426,3 +426,64 @@ def test_rerank_without_reranker_warns(harness: Harness, monkeypatch: pytest.Mon
         "rerank=true was requested, but no reranker is configured "
         "(FOXCTL_RERANK_PROVIDER=none), so the results are not reranked"
     ]
+
+
+def test_search_without_models_runs_in_web(
+    index_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = index_settings.model_copy(update={"embedding_provider": "none"})
+    db = Database(make_engine(settings))
+    upgrade(db.engine)
+    harness = Harness(settings, db)
+    harness.call("POST", "/api/index")
+    run_worker(harness, monkeypatch)
+
+    # No thread answers the search queue: the web must not wait for one.
+    result = harness.call("GET", "/api/search", params={"q": "save_record"})
+    queued = harness.broker.queues[SEARCH].qsize()
+    db.dispose()
+
+    assert result.status_code == 200
+    assert result.json["mode"] == "text"
+    assert result.json["warnings"] == []
+    assert result.json["items"][0]["path"] == "pkg/store.py"
+    assert queued == 0
+
+
+class CountingExchange:
+    """Fails the first hand-over as an unreachable Redis would; counts the attempts."""
+
+    def __init__(self) -> None:
+        self.submits = 0
+
+    def submit(self, request: dict[str, object], ttl_s: float) -> str:
+        from shared.retrieval.exchange import SearchUnavailable
+
+        self.submits += 1
+        raise SearchUnavailable("Error 111 connecting to 127.0.0.1:9")
+
+    async def wait(self, request_id: str, timeout_s: float) -> dict[str, object]:
+        raise AssertionError("never reached: submit fails first")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_redis_failure_pauses_the_hand_over(
+    index_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import web.app
+
+    exchange = CountingExchange()
+    monkeypatch.setattr(web.app, "make_search_exchange", lambda s: exchange)
+    db = Database(make_engine(index_settings))
+    upgrade(db.engine)
+    harness = Harness(index_settings, db)
+
+    first = harness.call("GET", "/api/search", params={"q": "save_record"})
+    second = harness.call("GET", "/api/search", params={"q": "save_record"})
+    db.dispose()
+
+    assert exchange.submits == 1, first.json
+    assert first.json["warnings"] == second.json["warnings"]
+    assert "Redis is unreachable (Error 111" in second.json["warnings"][0]

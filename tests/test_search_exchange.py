@@ -119,3 +119,17 @@ def test_redis_keys_carry_the_database_number(redis_url: str) -> None:
     assert keys == {f"foxctl:{db}:search:{request_id}:response"}
     # A response that no web process pops does not stay in Redis for good.
     assert 0 < ttl <= 60
+
+
+def test_memory_discard_and_late_response() -> None:
+    exchange = MemorySearchExchange()
+    request_id = exchange.submit({"q": "x"}, ttl_s=5)
+
+    with pytest.raises(SearchTimeout):
+        asyncio.run(exchange.wait(request_id, 0.05))
+    exchange.respond(request_id, {"results": {}})
+    exchange.discard(request_id)
+
+    assert exchange.take(request_id) is None
+    assert exchange._requests == {}
+    assert exchange._responses == {}
