@@ -48,7 +48,7 @@ def run_up(
     ``explicit`` names the variables the user set; the others get laptop defaults
     (authentication off, readable logs).
     """
-    # One process serves everything, which also tells the web app so (console tokens).
+    # One process serves everything; the web app reads this for its console-token check.
     overrides: dict[str, object] = {
         "host": host or settings.host,
         "port": port or settings.port,

@@ -50,8 +50,8 @@ def test_stop_keeps_a_handler_installed_later(tmp_path: Path) -> None:
 
     try:
         asyncio.run(scenario())
-        kept = signal.getsignal(signal.SIGINT)
+        installed = signal.getsignal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)
 
-    assert kept is later
+    assert installed is later

@@ -123,7 +123,7 @@ class RedisSearchExchange:
                     # The request may still sit in the queue: drop it, so no worker runs it.
                     await client.delete(self._prefix + request_id)
         except TimeoutError:
-            raise SearchUnavailable(f"Redis did not answer BLPOP within {timeout_s:g} s") from None
+            raise SearchUnavailable(f"Redis BLPOP timed out after {timeout_s:g} s") from None
         except redis.RedisError as error:
             raise SearchUnavailable(str(error)) from error
         if popped is None:
@@ -135,7 +135,7 @@ class RedisSearchExchange:
         loop = asyncio.get_running_loop()
         if self._async is None or self._loop is not loop:
             # Its connections belong to one event loop: a web process has one.
-            # No socket timeout: BLPOP holds the connection for the whole wait.
+            # No socket timeout: BLPOP keeps the connection busy for the whole wait.
             self._async = redis.asyncio.Redis.from_url(
                 self._url,
                 socket_connect_timeout=REDIS_TIMEOUT_S,

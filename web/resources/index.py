@@ -63,7 +63,8 @@ class SearchResource:
     request waits on the event loop, not in the I/O pool, so slow workers do not hold
     threads that other requests need. When no worker responds within
     FOXCTL_SEARCH_TIMEOUT_S, its search fails, or Redis is unreachable, the response
-    comes from full-text search alone, a database query, with a warning that says why.
+    comes from full-text search alone, a database query, with a warning that gives the
+    reason.
     With no embedding provider and no reranker, full text is all a worker could do, so
     the web process runs it directly.
     """
