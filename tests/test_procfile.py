@@ -116,8 +116,14 @@ def test_honcho_runs_procfile_end_to_end(
         code = honcho.wait(45)
     finally:
         if honcho.poll() is None:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            honcho.wait(10)
+            # honcho starts each process in a session of its own, so a SIGKILL to
+            # honcho's group would leave them running: SIGTERM lets honcho stop them.
+            honcho.send_signal(signal.SIGTERM)
+            try:
+                honcho.wait(45)
+            except subprocess.TimeoutExpired:
+                os.killpg(honcho.pid, signal.SIGKILL)
+                honcho.wait(10)
 
     output_text = log.read_text()
     assert accepted.status_code == 202
