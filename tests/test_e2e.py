@@ -7,7 +7,9 @@ mode, and on SQLite (one file shared by every process).
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,3 +272,28 @@ def _wait_for_holder(cluster: Cluster, session_id: str, timeout_s: float = 20) -
             return int(match.group(1))
         time.sleep(0.05)
     raise AssertionError(f"no worker claimed the session\n{cluster.logs()}")
+
+
+def test_worker_survives_a_repeated_sigterm(
+    sqlite_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """Procfile runners signal the whole group, and Dramatiq's main process forwards a
+    second SIGTERM to its worker process, which must not make it exit at once."""
+    env = {**sqlite_env, "FOXCTL_BROKER_URL": redis_url}
+    assert run_cli(["migrate"], env).returncode == 0
+    worker = Process("worker", ["worker", "--queues", "turns", "--threads", "2"], env, tmp_path)
+    wait_for_log(worker, "worker started")
+
+    main_pid = worker.popen.pid
+    children = Path(f"/proc/{main_pid}/task/{main_pid}/children").read_text().split()
+    # The worker process gets its copy first, then Dramatiq's main process forwards one,
+    # as when a Procfile runner signals the group; apart, so the two cannot merge.
+    os.kill(int(children[0]), signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(main_pid, signal.SIGTERM)
+    code = worker.popen.wait(30)
+    worker.terminate()
+
+    assert code == 0, worker.output()
+    assert "worker stopped" in worker.output()
+    assert "Killing worker process" not in worker.output()

@@ -6,6 +6,11 @@ at import time.
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from types import FrameType
+
 import dramatiq
 import structlog
 from dramatiq.broker import Broker
@@ -28,6 +33,7 @@ class RuntimeMiddleware(Middleware):
         # Per process: the span exporter's thread does not survive Dramatiq's fork.
         configure_tracing(runtime.settings(), process="worker")
         runtime.start_process(broker)
+        ignore_repeated_sigterm()
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         queues = worker.consumer_whitelist
@@ -61,6 +67,39 @@ class RuntimeMiddleware(Middleware):
         # os._exit and skip atexit hooks, so the buffered spans are exported here.
         shutdown_tracing()
         log.info("worker stopped")
+
+
+#: A second SIGTERM this soon after the first is taken as the same request to stop.
+REPEATED_SIGTERM_WINDOW_S = 2.0
+
+
+def ignore_repeated_sigterm() -> None:
+    """Let a worker process stop gracefully when SIGTERM reaches it twice at once.
+
+    Dramatiq's worker process stops gracefully on the first SIGTERM and exits at once on
+    the second. Procfile runners (honcho, and platforms that signal every process of a
+    container) send SIGTERM to the whole process group, and Dramatiq's main process
+    forwards its own copy, so the worker process gets two. Here a second one within
+    REPEATED_SIGTERM_WINDOW_S is ignored; a later one still exits at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    dramatiq_handler = signal.getsignal(signal.SIGTERM)
+    # Only in Dramatiq's worker processes; `foxctl up` handles its signals itself.
+    if not callable(dramatiq_handler):
+        return
+    first_at: float | None = None
+
+    def handler(number: int, frame: FrameType | None) -> None:
+        nonlocal first_at
+        now = time.monotonic()
+        if first_at is not None and now - first_at < REPEATED_SIGTERM_WINDOW_S:
+            log.info("repeated SIGTERM ignored; the worker is already stopping")
+            return
+        first_at = first_at or now
+        dramatiq_handler(number, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def setup_broker() -> Broker:
