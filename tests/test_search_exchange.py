@@ -61,9 +61,10 @@ def test_worker_response_reaches_web(exchange: SearchExchange) -> None:
         task = later(0.1, worker)
         try:
             response = await exchange.wait(request_id, 5)
+            # The worker's pipeline may still be reading its reply: close after it ends.
+            await task
         finally:
             await exchange.close()
-        await task
         return response
 
     assert asyncio.run(web_and_worker()) == {"results": {"query": "retry backoff"}}
