@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from shared.chat.models import ChatDelivery, DeliveryStatus
 
@@ -83,27 +83,10 @@ def deliveries_needing_work(db: Session, now: float, *, stale_s: float, limit: i
     for another ``stale_s``. At most ``limit`` are picked, oldest first.
     """
     settled = _utc(now - stale_s)
-    candidates = (
-        select(ChatDelivery.id)
-        .where(ChatDelivery.status == DeliveryStatus.pending.value)
-        .where(col(ChatDelivery.updated_at) <= settled)
-        .where(col(ChatDelivery.claimed_until) <= now)
-        .order_by(col(ChatDelivery.updated_at))
-        .limit(limit)
+    conditions = [_TABLE.c.updated_at <= settled]
+    return _mark_unclaimed(
+        db, now, conditions, {"updated_at": _utc(now)}, order=_TABLE.c.updated_at, limit=limit
     )
-    delivery_ids = list(db.exec(candidates))
-    if not delivery_ids:
-        return []
-    marked = db.exec(
-        update(_TABLE)
-        .where(_TABLE.c.id.in_(delivery_ids))
-        .where(_TABLE.c.status == DeliveryStatus.pending.value)
-        .where(_TABLE.c.updated_at <= settled)
-        .where(_TABLE.c.claimed_until <= now)
-        .values(updated_at=_utc(now))
-        .returning(_TABLE.c.id)
-    )
-    return sorted(marked.scalars())
 
 
 def abandon_deliveries(db: Session, now: float, *, older_than_s: float, limit: int) -> list[str]:
@@ -111,23 +94,41 @@ def abandon_deliveries(db: Session, now: float, *, older_than_s: float, limit: i
 
     Returns their ids. At most ``limit`` are marked per call.
     """
-    created_before = _utc(now - older_than_s)
-    expired = (
-        select(ChatDelivery.id)
-        .where(ChatDelivery.status == DeliveryStatus.pending.value)
-        .where(col(ChatDelivery.created_at) <= created_before)
-        .where(col(ChatDelivery.claimed_until) <= now)
-        .limit(limit)
-    )
-    delivery_ids = list(db.exec(expired))
+    conditions = [_TABLE.c.created_at <= _utc(now - older_than_s)]
+    changes = {"status": DeliveryStatus.failed.value, "updated_at": _utc(now)}
+    return _mark_unclaimed(db, now, conditions, changes, order=None, limit=limit)
+
+
+def _mark_unclaimed(
+    db: Session,
+    now: float,
+    conditions: list[Any],
+    changes: dict[str, Any],
+    *,
+    order: Any,
+    limit: int,
+) -> list[str]:
+    """Write ``changes`` to at most ``limit`` pending, unclaimed deliveries matching
+    ``conditions``; return their ids, sorted.
+
+    The update repeats the conditions, so a row that another process changed between
+    the select and the update is left alone.
+    """
+    matching = [
+        _TABLE.c.status == DeliveryStatus.pending.value,
+        _TABLE.c.claimed_until <= now,
+        *conditions,
+    ]
+    candidates = select(_TABLE.c.id).where(*matching).limit(limit)
+    if order is not None:
+        candidates = candidates.order_by(order)
+    delivery_ids = list(db.exec(candidates))
     if not delivery_ids:
         return []
     marked = db.exec(
         update(_TABLE)
-        .where(_TABLE.c.id.in_(delivery_ids))
-        .where(_TABLE.c.status == DeliveryStatus.pending.value)
-        .where(_TABLE.c.claimed_until <= now)
-        .values(status=DeliveryStatus.failed.value, updated_at=_utc(now))
+        .where(_TABLE.c.id.in_(delivery_ids), *matching)
+        .values(**changes)
         .returning(_TABLE.c.id)
     )
     return sorted(marked.scalars())
