@@ -35,7 +35,7 @@ class ApiClient:
         url = settings.api_url or f"http://127.0.0.1:{settings.port}"
         token = settings.api_token.get_secret_value() if settings.api_token else None
         # The server waits up to FOXCTL_SEARCH_TIMEOUT_S for a worker and then still
-        # answers from full text, so wait longer than that.
+        # returns full-text results, so wait longer than that.
         return cls(url, token, search_timeout_s=settings.search_timeout_s + 20)
 
     def post_message(self, session_id: str, text: str) -> dict[str, Any]:

@@ -175,8 +175,8 @@ class Settings(BaseSettings):
     # rest is the search score).
     rerank_candidates: int = Field(default=30, ge=1, le=500)
     rerank_weight: float = Field(default=0.7, ge=0, le=1)
-    # GET /api/search runs on a worker that consumes the search queue; after this long
-    # without its answer, the web process answers from full-text search alone.
+    # GET /api/search runs on a worker that consumes the search queue. After this long
+    # without its response, the web process returns full-text results alone.
     search_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # Logging.

@@ -174,8 +174,8 @@ def test_console_full_conversation(server: Server, page: Any, tmp_path: Path) ->
     ask(page, 'tool:fs_read_file args:{"path":"README.md"} what is in the readme')
     wait_for_status(page, "succeeded")
     tool = last_agent_entry(page).locator("details.tool")
-    # NOTE: one CI run saw the status read "succeeded" while the summary still lacked
-    # "(done)"; the cause was not found, so the check waits for the result to render.
+    # NOTE: one CI run showed "succeeded" while the summary still lacked "(done)". The
+    # cause was not found, so the check waits for the result to render.
     tool.locator("summary", has_text="(done)").wait_for(timeout=10_000)
     assert tool.locator("summary").inner_text() == "Tool call: fs_read_file (done)"
     assert tool.get_attribute("open") is None

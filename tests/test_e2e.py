@@ -287,7 +287,7 @@ def test_worker_survives_a_repeated_sigterm(
     main_pid = worker.popen.pid
     children = Path(f"/proc/{main_pid}/task/{main_pid}/children").read_text().split()
     # The worker process gets its copy first, then Dramatiq's main process forwards one,
-    # as when a Procfile runner signals the group; apart, so the two cannot merge.
+    # as when a Procfile runner signals the group. They are sent apart so they cannot merge.
     os.kill(int(children[0]), signal.SIGTERM)
     time.sleep(0.2)
     os.kill(main_pid, signal.SIGTERM)

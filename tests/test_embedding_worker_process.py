@@ -183,7 +183,7 @@ def test_web_search_runs_on_the_embedding_worker(
     assert answered.json()["items"][0]["path"] == "pkg/retry.py"
     assert answered.json()["warnings"] == []
     assert embedded == ["\nschedule_retry backoff"]
-    # With no worker on the search queue the web answers from full text after its wait.
+    # With no worker on the search queue, the web returns full-text results after its wait.
     assert fallback.status_code == 200, fallback.text
     assert fallback.json()["mode"] == "text"
     assert fallback.json()["items"][0]["path"] == "pkg/retry.py"

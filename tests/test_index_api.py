@@ -438,7 +438,7 @@ def test_search_without_models_runs_in_web(
     harness.call("POST", "/api/index")
     run_worker(harness, monkeypatch)
 
-    # No thread answers the search queue: the web must not wait for one.
+    # No thread consumes the search queue, so the web must not wait for one.
     result = harness.call("GET", "/api/search", params={"q": "save_record"})
     queued = harness.broker.queues[SEARCH].qsize()
     db.dispose()

@@ -21,11 +21,11 @@ from shared.retrieval.exchange import (
 @pytest.fixture(params=["redis", "memory"])
 def exchange(request: pytest.FixtureRequest) -> Iterator[SearchExchange]:
     if request.param == "redis":
-        made: SearchExchange = RedisSearchExchange(request.getfixturevalue("redis_url"))
+        created: SearchExchange = RedisSearchExchange(request.getfixturevalue("redis_url"))
     else:
-        made = MemorySearchExchange()
-    yield made
-    asyncio.run(made.close())
+        created = MemorySearchExchange()
+    yield created
+    asyncio.run(created.close())
 
 
 def wait_once(exchange: SearchExchange, request_id: str, timeout_s: float) -> dict[str, object]:
@@ -54,9 +54,9 @@ def test_worker_response_reaches_web(exchange: SearchExchange) -> None:
 
     async def web_and_worker() -> dict[str, object]:
         def worker() -> None:
-            taken = exchange.take(request_id)
-            assert taken == request
-            exchange.respond(request_id, {"results": {"query": taken["q"]}})
+            stored = exchange.take(request_id)
+            assert stored == request
+            exchange.respond(request_id, {"results": {"query": stored["q"]}})
 
         task = later(0.1, worker)
         try:

@@ -147,12 +147,12 @@ def embed_chunks(*chunk_ids: str) -> None:
 @dramatiq.actor(
     queue_name=RUN_SEARCH.queue,
     actor_name=RUN_SEARCH.name,
-    # The web process waits a few seconds and then answers from full text alone, so a
-    # retry would only run a search nobody reads: the request is taken once.
+    # The web process waits a few seconds and then returns full-text results alone, so
+    # a retry would run a search whose results no one reads. The request is taken once.
     max_retries=0,
     time_limit=60 * 1_000,
-    # Dramatiq's age limit drops a message nobody took before the web process stopped
-    # waiting, so the queue does not fill up while no worker consumes it.
+    # Dramatiq's age limit drops a message that no worker took before the web process
+    # stopped waiting, so the queue does not fill up while no worker consumes it.
     max_age=int(_settings.search_timeout_s * 1_000),
     priority=SEARCH_PRIORITY,
 )

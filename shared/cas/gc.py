@@ -43,7 +43,7 @@ or rolls back (PostgreSQL waits on the uncommitted key; SQLite's ``BEGIN IMMEDIA
 waits for the write lock). After a commit the insert does nothing and gc keeps the
 bytes. If gc inserted first, the upload's upsert waits until gc commits. By then the
 placeholder and the bytes are gone, so the upload inserts its row and publishes its
-staged copy. No other transaction ever sees the placeholder, because the transaction
+staged copy. No other transaction ever reads the placeholder, because the transaction
 that inserts it also deletes it.
 """
 

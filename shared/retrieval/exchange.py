@@ -1,10 +1,10 @@
 """Hand a search from the web tier to the embedding worker and wait for its results.
 
 The web tier embeds nothing and calls no reranker, so ``GET /api/search`` runs on the
-embedding worker: the web process stores the request under a fresh id, sends
-``run_search(id)`` on the ``search`` queue (the message carries the id only) and waits
-for the response. Requests expire after the web's wait, so a worker that picks one up
-late skips it rather than doing work nobody reads.
+embedding worker. The web process stores the request under a fresh id and sends
+``run_search(id)`` on the ``search`` queue; the message carries the id only. Then it
+waits for the response. Requests expire after the web's wait, so a worker that picks
+one up late skips it.
 
 On Redis (``FOXCTL_BROKER_URL=redis://...``) the request is a key with a TTL and the
 response is pushed to a list that the web process pops with BLPOP, so a response that
