@@ -265,10 +265,13 @@ def test_two_viewers_see_every_event(foxctl: Harness) -> None:
     seen: list[list[Frame]] = []
 
     async def scenario(conductor: Conductor) -> None:
+        # Without after=0 each socket starts at the latest event when the server reads
+        # it, which may be after the message below was posted.
         path = console_path(session_id)
+        from_start = {"headers": foxctl.headers, "query_string": "after=0"}
         async with (
-            conductor.simulate_ws(path, headers=foxctl.headers) as first,
-            conductor.simulate_ws(path, headers=foxctl.headers) as second,
+            conductor.simulate_ws(path, **from_start) as first,
+            conductor.simulate_ws(path, **from_start) as second,
         ):
             await post(conductor, foxctl, session_id, "hello")
             await asyncio.to_thread(foxctl.run_pending)
